@@ -1,0 +1,3 @@
+from qfmiqm.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Data: image decoding, input policy (crops), input expansion; datasets and splits."""

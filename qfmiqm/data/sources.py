@@ -1,0 +1,58 @@
+"""Turning the user's PATH arguments (files, folders, globs) into a list of files to score."""
+from __future__ import annotations
+
+import glob
+import os
+
+#: Extensions picked up when a folder is scanned. Files named explicitly are always tried,
+#: whatever their extension, so a valid image with a wrong extension still gets scored.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
+)
+
+_GLOB_CHARS = set("*?[")
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def expand_inputs(args: list[str], recursive: bool = False) -> list[str]:
+    """Expand files, folders and glob patterns into an ordered list of paths without duplicates.
+
+    Paths that do not exist are kept, so that the caller reports each of them as a failure.
+    Folders yield their image files (sorted; subfolders only with ``recursive``). Symbolic
+    links to folders are not followed during recursion, which makes link loops harmless.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: str) -> None:
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
+    for arg in args:
+        if os.path.isdir(arg):
+            for path in _scan_folder(arg, recursive):
+                add(path)
+        elif not os.path.lexists(arg) and _GLOB_CHARS & set(arg):
+            for path in sorted(glob.glob(arg, recursive=recursive)):
+                if os.path.isdir(path):
+                    continue
+                add(path)
+        else:
+            add(arg)
+    return out
+
+
+def _scan_folder(folder: str, recursive: bool) -> list[str]:
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in sorted(files) if is_image_name(f))
+        if not recursive:
+            break
+    return found
+

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the N-split protocol, reports."""

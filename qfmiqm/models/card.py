@@ -1,0 +1,93 @@
+"""The model card: everything needed to rebuild, feed and interpret a model, stored as JSON
+beside its safetensors weights (and inside them, as metadata)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qfmiqm.data.transforms import InputPolicy
+from qfmiqm.errors import WeightsError
+
+CARD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Shape of the head between backbone and score (DEIQT panel decoder + QFM gate)."""
+
+    width: int = 128
+    panel_size: int = 6
+    depth: int = 1
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    grid: int = 7
+    gate: bool = True
+
+
+@dataclass(frozen=True)
+class ScoreMapping:
+    """Raw head output -> 0-100 (higher is better): ``clip(raw * scale + offset, lo, hi)``."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+    lo: float = 0.0
+    hi: float = 100.0
+
+    def apply(self, raw: float) -> float:
+        return float(min(self.hi, max(self.lo, raw * self.scale + self.offset)))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    backbone: str
+    trained: bool
+    description: str = ""
+    input: InputPolicy = field(default_factory=InputPolicy)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    score: ScoreMapping = field(default_factory=ScoreMapping)
+    #: True when the weights file also holds the (fine-tuned) backbone
+    includes_backbone: bool = False
+    training_data: str = ""
+    metrics: dict = field(default_factory=dict)
+    limits: tuple[str, ...] = ()
+    weights_sha256: str | None = None
+    format: int = CARD_FORMAT
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input"] = self.input.to_dict()
+        d["limits"] = list(self.limits)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model card") -> "ModelCard":
+        try:
+            d = dict(d)
+            d["input"] = InputPolicy.from_dict(d.get("input", {}))
+            d["decoder"] = DecoderConfig(**d.get("decoder", {}))
+            d["score"] = ScoreMapping(**d.get("score", {}))
+            d["limits"] = tuple(d.get("limits", ()))
+            return cls(**d)
+        except TypeError as exc:
+            raise WeightsError(f"{source}: invalid model card ({exc})") from None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ModelCard":
+        p = Path(path)
+        try:
+            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")), str(p))
+        except FileNotFoundError:
+            raise WeightsError(f"{p}: model card not found") from None
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"{p}: model card is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+    def write(self, path: str | os.PathLike) -> None:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)

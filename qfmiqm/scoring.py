@@ -1,0 +1,221 @@
+"""Scoring images with a loaded model: the engine behind ``qfmiqm score`` and ``QualityModel.score``.
+
+Decoding and cropping run in DataLoader workers; a file that cannot be used becomes a
+``ScoreResult`` with an error instead of an exception, so a batch always goes on.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from qfmiqm.data.images import DEFAULT_MAX_PIXELS, to_rgb_array
+from qfmiqm.data.transforms import InputPolicy, normalize, policy_crops
+from qfmiqm.errors import ImageError, UsageError
+from qfmiqm.models.card import ModelCard
+from qfmiqm.models.qfm import QualityNet
+from qfmiqm.models.registry import load_net, resolve_model
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One input's outcome: a score, or the reason it has none."""
+
+    path: str
+    score: float | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _CropDataset(Dataset):
+    """Decodes and crops each input; failures are returned as messages, never raised."""
+
+    def __init__(self, items: Sequence[Any], policy: InputPolicy, max_pixels: int):
+        self.items, self.policy, self.max_pixels = items, policy, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, policy_crops(to_rgb_array(self.items[index], self.max_pixels), self.policy), None
+        except ImageError as exc:
+            return index, None, str(exc)
+        except MemoryError:
+            return index, None, "out of memory while decoding"
+        except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the batch
+            return index, None, f"cannot use image ({type(exc).__name__}: {exc})"
+
+
+def _keep_list(batch: list) -> list:
+    return batch
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
+    return dev
+
+
+def default_workers(n_items: int, batch_size: int) -> int:
+    """Workers pay off only when there is more than one batch to decode."""
+    if n_items <= batch_size:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
+def describe_item(item: Any, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, Image.Image):
+        return f"<PIL image #{index}>"
+    if isinstance(item, np.ndarray):
+        return f"<array #{index}>"
+    if isinstance(item, torch.Tensor):
+        return f"<tensor #{index}>"
+    return f"<{type(item).__name__} #{index}>"
+
+
+class QualityModel:
+    """A ready-to-use quality model: ``m.score(image_or_list) -> float | list[float]``.
+
+    Scores are on a 0-100 scale, higher is better.
+    """
+
+    def __init__(self, net: QualityNet, card: ModelCard, device: torch.device,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.net = net.to(device).eval()
+        self.card = card
+        self.device = device
+        self.max_pixels = max_pixels
+        if device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def policy(self) -> InputPolicy:
+        return self.card.input
+
+    def __repr__(self) -> str:
+        return f"QualityModel(name={self.name!r}, backbone={self.card.backbone!r}, device={str(self.device)!r})"
+
+    @torch.inference_mode()
+    def raw_scores(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 crops (N, K, 3, S, S) -> raw head outputs (N,), averaged over the K crops."""
+        n, k = crops.shape[:2]
+        x = normalize(crops.to(self.device, non_blocking=True).flatten(0, 1), self.policy)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x).float().view(n, k).mean(dim=1).cpu()
+
+    def iter_scores(
+        self,
+        items: Sequence[Any],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[ScoreResult]:
+        """Score every item in order, yielding one ScoreResult per item as batches complete."""
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        if workers is None:
+            workers = default_workers(len(items), batch_size)
+        if workers < 0:
+            raise UsageError(f"workers must be 0 or more, got {workers}")
+        loader = DataLoader(
+            _CropDataset(items, self.policy, self.max_pixels), batch_size=batch_size,
+            num_workers=workers, collate_fn=_keep_list, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        bar = _progress_bar(len(items)) if progress and len(items) > batch_size else None
+        try:
+            for batch in loader:
+                yield from self._score_batch(items, batch)
+                if bar is not None:
+                    bar.advance(len(batch))
+        finally:
+            if bar is not None:
+                bar.stop()
+
+    def _score_batch(self, items: Sequence[Any], batch: list) -> Iterator[ScoreResult]:
+        good = [(i, crops) for i, crops, err in batch if err is None]
+        scores: dict[int, float] = {}
+        if good:
+            raw = self.raw_scores(torch.stack([crops for _, crops in good]))
+            scores = {i: self.card.score.apply(float(r)) for (i, _), r in zip(good, raw)}
+        for i, _, err in batch:
+            yield ScoreResult(describe_item(items[i], i), scores.get(i), err)
+
+    def score(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0) -> float | list[float]:
+        """Score one image (path, PIL image, ndarray, tensor) or a list of them.
+
+        Raises ImageError naming the first input that cannot be scored.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results = list(self.iter_scores(items, batch_size=batch_size, workers=workers))
+        for r in results:
+            if not r.ok:
+                raise ImageError(f"{r.path}: {r.error}")
+        values = [r.score for r in results]
+        return values[0] if single else values
+
+
+def load(
+    model: str | os.PathLike = "default",
+    device: str | torch.device | None = "auto",
+    backbone_weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> QualityModel:
+    """Load a model by zoo name or checkpoint path, ready to score."""
+    entry = resolve_model(model)
+    dev = resolve_device(device)
+    net = load_net(entry, backbone_weights=os.fspath(backbone_weights) if backbone_weights else None,
+                   trust_pickle=trust_pickle)
+    if not entry.card.trained:
+        warnings.warn(untrained_warning(entry.card), UserWarning, stacklevel=2)
+    return QualityModel(net, entry.card, dev, max_pixels=max_pixels)
+
+
+def untrained_warning(card: ModelCard) -> str:
+    return (f"model '{card.name}' is an UNTRAINED placeholder head: its scores are not quality "
+            "estimates (a trained default model is not shipped yet)")
+
+
+def _progress_bar(total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=False)
+    task = bar.add_task("score", total=total)
+    bar.start()
+
+    class _Bar:
+        def advance(self, n: int) -> None:
+            bar.advance(task, n)
+
+        def stop(self) -> None:
+            bar.stop()
+
+    return _Bar()
+

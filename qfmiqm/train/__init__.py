@@ -1,0 +1,1 @@
+"""Training: losses, feature perturbation, distillation and the training loop."""

@@ -1,0 +1,33 @@
+"""Shared fixtures: real sample photos shipped in the repo and one loaded default model."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, Path]:
+    paths = {p.stem: p for p in sorted(SAMPLES.glob("*.jpg"))}
+    assert {"chelsea", "coffee", "rocket"} <= set(paths)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def chelsea_rgb(samples) -> np.ndarray:
+    return np.asarray(Image.open(samples["chelsea"]).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import qfmiqm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return qfmiqm.load("default", device="cpu")
