@@ -92,9 +92,11 @@ def score(
     with user_errors(debug):
         if resume and output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
-        items = expand_inputs(paths, recursive=recursive)
+        items, duplicates = expand_inputs(paths, recursive=recursive)
         if not items:
             raise UsageError("no images found in the given paths")
+        if duplicates:
+            _err(f"note: {duplicates} duplicate path(s) given; each file is scored once")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             m = load(model, device=device, backbone_weights=backbone_weights,

@@ -5,7 +5,9 @@ Decoding and cropping run in DataLoader workers; a file that cannot be used beco
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -23,6 +25,8 @@ from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import load_net, resolve_model
 
 DEFAULT_BATCH_SIZE = 16
+#: A worker batch, or an isolated single decode, that takes longer than this is given up.
+DECODE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -39,27 +43,72 @@ class ScoreResult:
 
 
 class _CropDataset(Dataset):
-    """Decodes and crops each input; failures are returned as messages, never raised."""
+    """Decodes and crops ``items[first:]``; failures are returned as messages, never raised."""
 
-    def __init__(self, items: Sequence[Any], policy: InputPolicy, max_pixels: int):
-        self.items, self.policy, self.max_pixels = items, policy, max_pixels
+    def __init__(self, items: Sequence[Any], policy: InputPolicy, max_pixels: int, first: int = 0):
+        self.items, self.policy, self.max_pixels, self.first = items, policy, max_pixels, first
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) - self.first
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            return index, policy_crops(to_rgb_array(self.items[index], self.max_pixels), self.policy), None
-        except ImageError as exc:
-            return index, None, str(exc)
-        except MemoryError:
-            return index, None, "out of memory while decoding"
-        except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the batch
-            return index, None, f"cannot use image ({type(exc).__name__}: {exc})"
+    def __getitem__(self, offset: int) -> tuple[int, torch.Tensor | None, str | None]:
+        return decode_item(self.items, self.first + offset, self.policy, self.max_pixels)
+
+
+def decode_item(items: Sequence[Any], index: int, policy: InputPolicy,
+                max_pixels: int) -> tuple[int, torch.Tensor | None, str | None]:
+    """(index, uint8 crops, None) or (index, None, reason): never raises for a bad input."""
+    try:
+        img = to_rgb_array(items[index], max_pixels, min_short_side=policy.max_short_side)
+        return index, policy_crops(img, policy), None
+    except ImageError as exc:
+        return index, None, str(exc)
+    except MemoryError:
+        return index, None, "out of memory while decoding"
+    except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the batch
+        return index, None, f"cannot use image ({type(exc).__name__}: {exc})"
+
+
+def _decode_in_child(conn, items, index, policy, max_pixels) -> None:
+    i, crops, err = decode_item(items, index, policy, max_pixels)
+    conn.send((i, None if crops is None else crops.numpy(), err))
+    conn.close()
+
+
+def decode_isolated(items: Sequence[Any], index: int, policy: InputPolicy, max_pixels: int,
+                    timeout: float = DECODE_TIMEOUT_S) -> tuple[int, torch.Tensor | None, str | None]:
+    """Decode one item in a fresh process, so that a file that crashes or hangs the decoder
+    costs only its own result."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_decode_in_child, args=(child, items, index, policy, max_pixels), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if parent.poll(timeout):
+            i, crops, err = parent.recv()
+            return i, None if crops is None else torch.from_numpy(crops), err
+    except (EOFError, OSError):
+        pass
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        parent.close()
+    if proc.exitcode is not None and proc.exitcode < 0:
+        return index, None, f"the image decoder crashed on this file (signal {signal.Signals(-proc.exitcode).name})"
+    if proc.exitcode not in (0, None):
+        return index, None, f"the image decoder crashed on this file (exit code {proc.exitcode})"
+    return index, None, f"decoding took longer than {timeout:.0f} s"
 
 
 def _keep_list(batch: list) -> list:
     return batch
+
+
+def _is_worker_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "DataLoader worker" in text or "DataLoader timed out" in text
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -72,10 +121,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
-    """Workers pay off only when there is more than one batch to decode."""
-    if n_items <= batch_size:
+    """Decoding runs in worker processes (so a file that crashes the decoder costs only its own
+    result), as many as there are batches to overlap, at most 4 and at most the CPU count."""
+    if n_items <= 1:
         return 0
-    return max(1, min(4, (os.cpu_count() or 1)))
+    batches = -(-n_items // batch_size)
+    return max(1, min(4, os.cpu_count() or 1, batches))
 
 
 def describe_item(item: Any, index: int) -> str:
@@ -139,20 +190,38 @@ class QualityModel:
             workers = default_workers(len(items), batch_size)
         if workers < 0:
             raise UsageError(f"workers must be 0 or more, got {workers}")
-        loader = DataLoader(
-            _CropDataset(items, self.policy, self.max_pixels), batch_size=batch_size,
-            num_workers=workers, collate_fn=_keep_list, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
         bar = _progress_bar(len(items)) if progress and len(items) > batch_size else None
         try:
-            for batch in loader:
+            for batch in self._decoded_batches(items, batch_size, workers):
                 yield from self._score_batch(items, batch)
                 if bar is not None:
                     bar.advance(len(batch))
         finally:
             if bar is not None:
                 bar.stop()
+
+    def _decoded_batches(self, items: Sequence[Any], batch_size: int, workers: int) -> Iterator[list]:
+        """Decoded batches in input order. When a worker process dies (a file crashed or hung its
+        decoder), the next batch is decoded one file per process to isolate the culprit, and a
+        fresh pool of workers takes over after it."""
+        done = 0
+        while done < len(items):
+            loader = DataLoader(
+                _CropDataset(items, self.policy, self.max_pixels, first=done), batch_size=batch_size,
+                num_workers=workers, collate_fn=_keep_list, pin_memory=self.device.type == "cuda",
+                timeout=DECODE_TIMEOUT_S if workers else 0, multiprocessing_context="fork" if workers else None,
+            )
+            try:
+                for batch in loader:
+                    done += len(batch)
+                    yield batch
+            except RuntimeError as exc:
+                if not _is_worker_failure(exc):
+                    raise
+                stop = min(done + batch_size, len(items))
+                batch = [decode_isolated(items, i, self.policy, self.max_pixels) for i in range(done, stop)]
+                done = stop
+                yield batch
 
     def _score_batch(self, items: Sequence[Any], batch: list) -> Iterator[ScoreResult]:
         good = [(i, crops) for i, crops, err in batch if err is None]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qfmiqm.data.transforms import InputPolicy, crop_offsets, policy_crops, resize_for_policy
-from qfmiqm.errors import UsageError
+from qfmiqm.errors import ImageError, UsageError
 
 
 def test_crop_layouts():
@@ -25,8 +25,10 @@ def test_resize_policy_keeps_native_resolution_in_range():
     assert small.shape == (448, 224, 3)
     big = resize_for_policy(np.zeros((3000, 4000, 3), np.uint8), policy)
     assert big.shape == (1024, 1365, 3)
-    strip = resize_for_policy(np.zeros((1, 5000, 3), np.uint8), policy)
-    assert min(strip.shape[:2]) == 224
+    strip = resize_for_policy(np.zeros((10, 500, 3), np.uint8), policy)
+    assert strip.shape[:2] == (224, 11200)
+    with pytest.raises(ImageError, match="aspect ratio"):
+        resize_for_policy(np.zeros((1, 5000, 3), np.uint8), policy)
 
 
 def test_policy_crops_are_exact_pixels(chelsea_rgb):

@@ -5,8 +5,11 @@ so the same picture yields the same pixels, and therefore the same score, howeve
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
+from struct import error as struct_error
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +25,26 @@ DEFAULT_MAX_PIXELS = 100_000_000
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def open_image(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_short_side: int | None = None
+) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3), EXIF orientation applied.
 
+    ``min_short_side`` lets JPEG files decode at a reduced scale (1/2, 1/4, 1/8) as long as the
+    shorter side stays at least that large, which keeps huge photos cheap in time and memory.
     Raises ImageError with a one-line reason for anything that is not a usable image.
     """
     p = Path(path)
-    if not p.exists():
-        raise ImageError("no such file" if not p.is_symlink() else "broken symbolic link")
-    if p.is_dir():
-        raise ImageError("is a directory, not an image file")
-    if not os.access(p, os.R_OK):
-        raise ImageError("permission denied")
-    if p.stat().st_size == 0:
-        raise ImageError("empty file (0 bytes)")
+    _check_file(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on palettes, EXIF...
             with Image.open(p) as im:
                 _check_pixel_count(im.size, max_pixels)
                 im.seek(0)  # first frame of animations and multi-page files
+                if min_short_side and im.format == "JPEG":
+                    _reduce_jpeg_decoding(im, min_short_side)
                 return pil_to_rgb_array(im)
     except ImageError:
         raise
@@ -51,8 +54,37 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageError(f"image too large (more than {max_pixels:,} pixels)") from None
     except OSError as exc:  # truncated or corrupted data
         raise ImageError(f"cannot decode image data ({_short(exc)})") from None
-    except (ValueError, SyntaxError, EOFError) as exc:
+    except (ValueError, SyntaxError, EOFError, struct_error) as exc:
         raise ImageError(f"cannot decode image data ({_short(exc)})") from None
+
+
+def _check_file(p: Path) -> None:
+    """Explain, in words, why a path is not a readable regular file."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ImageError("broken symbolic link" if p.is_symlink() else "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("symbolic link loop") from None
+        raise ImageError(f"cannot access file ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("not a regular file")
+    if not os.access(p, os.R_OK):
+        raise ImageError("permission denied")
+    if st.st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+
+
+def _reduce_jpeg_decoding(im: Image.Image, min_short_side: int) -> None:
+    w, h = im.size
+    scale = 1
+    while scale < 8 and min(w, h) // (scale * 2) >= min_short_side:
+        scale *= 2
+    if scale > 1:
+        im.draft("RGB", (w // scale, h // scale))
 
 
 def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
@@ -133,14 +165,16 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     raise ImageError(f"unsupported array dtype {a.dtype}")
 
 
-def to_rgb_array(obj: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def to_rgb_array(
+    obj: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, min_short_side: int | None = None
+) -> np.ndarray:
     """Any supported input -> RGB uint8 (H, W, 3).
 
     Tensors follow torchvision's convention: (C, H, W) or (B=1, C, H, W), float in [0, 1]
     or uint8 in [0, 255].
     """
     if isinstance(obj, (str, os.PathLike)):
-        return open_image(obj, max_pixels)
+        return open_image(obj, max_pixels, min_short_side)
     if isinstance(obj, Image.Image):
         _check_pixel_count(obj.size, max_pixels)
         return pil_to_rgb_array(obj)

@@ -17,8 +17,9 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def expand_inputs(args: list[str], recursive: bool = False) -> list[str]:
-    """Expand files, folders and glob patterns into an ordered list of paths without duplicates.
+def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[str], int]:
+    """Expand files, folders and glob patterns into an ordered list of paths without duplicates,
+    and the number of duplicates dropped (the same file named twice is scored once).
 
     Paths that do not exist are kept, so that the caller reports each of them as a failure.
     Folders yield their image files (sorted; subfolders only with ``recursive``). Symbolic
@@ -26,17 +27,24 @@ def expand_inputs(args: list[str], recursive: bool = False) -> list[str]:
     """
     out: list[str] = []
     seen: set[str] = set()
+    duplicates = 0
 
     def add(path: str) -> None:
+        nonlocal duplicates
         key = os.path.normpath(os.path.abspath(path))
-        if key not in seen:
+        if key in seen:
+            duplicates += 1
+        else:
             seen.add(key)
             out.append(path)
 
     for arg in args:
         if os.path.isdir(arg):
-            for path in _scan_folder(arg, recursive):
+            found = _scan_folder(arg, recursive)
+            for path in found:
                 add(path)
+            if not found and is_image_name(arg):
+                add(arg)  # 'x.jpg' that is a folder: surely meant as a file, so report it
         elif not os.path.lexists(arg) and _GLOB_CHARS & set(arg):
             for path in sorted(glob.glob(arg, recursive=recursive)):
                 if os.path.isdir(path):
@@ -44,7 +52,7 @@ def expand_inputs(args: list[str], recursive: bool = False) -> list[str]:
                 add(path)
         else:
             add(arg)
-    return out
+    return out, duplicates
 
 
 def _scan_folder(folder: str, recursive: bool) -> list[str]:

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qfmiqm.errors import UsageError
+from qfmiqm.errors import ImageError, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_ASPECT_RATIO = 64
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ def resize_for_policy(img: np.ndarray, policy: InputPolicy) -> np.ndarray:
     """Rescale an RGB uint8 image so that size <= shorter side <= max_short_side."""
     h, w = img.shape[:2]
     short = min(h, w)
+    if max(h, w) > MAX_ASPECT_RATIO * short:
+        # upscaling a 1 x 50000 strip to a 224-pixel short side would need gigabytes
+        raise ImageError(f"extreme aspect ratio ({w}x{h}; at most {MAX_ASPECT_RATIO}:1 is supported)")
     if policy.size <= short <= policy.max_short_side:
         return img
     target = policy.size if short < policy.size else policy.max_short_side
@@ -107,3 +111,70 @@ def normalize(crops_uint8: torch.Tensor, policy: InputPolicy) -> torch.Tensor:
     mean = torch.tensor(policy.mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
     std = torch.tensor(policy.std, device=x.device, dtype=x.dtype).view(3, 1, 1)
     return (x - mean) / std
+
+
+# --- dataset transforms: random crops for training, the policy's crops for testing ---------
+
+
+def dataset_policy(policy: InputPolicy, max_short_side: int | None = None) -> InputPolicy:
+    """``policy`` with a dataset's own ``max_short_side`` (e.g. SPAQ: 512); never below the crop size."""
+    if max_short_side is None:
+        return policy
+    target = max(policy.size, int(max_short_side))
+    return policy if target == policy.max_short_side else policy.replace(max_short_side=target)
+
+
+class RandomPolicyCrop:
+    """Training transform: RGB uint8 (H, W, 3) -> uint8 tensor (3, size, size).
+
+    The image is resized by the same rule as at test time (``resize_for_policy``), so training
+    sees native-resolution pixels; then one random ``size`` crop, flipped left-right with
+    probability ``hflip``. Randomness comes from torch (seeded per DataLoader worker).
+    """
+
+    def __init__(self, policy: InputPolicy, hflip: float = 0.5, max_short_side: int | None = None,
+                 generator: torch.Generator | None = None):
+        if not 0.0 <= hflip <= 1.0:
+            raise UsageError(f"hflip probability must be in [0, 1], got {hflip}")
+        self.policy = dataset_policy(policy, max_short_side)
+        self.hflip = hflip
+        self.generator = generator
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        img = resize_for_policy(img, self.policy)
+        h, w = img.shape[:2]
+        s = self.policy.size
+        y = int(torch.randint(0, h - s + 1, (1,), generator=self.generator))
+        x = int(torch.randint(0, w - s + 1, (1,), generator=self.generator))
+        crop = img[y:y + s, x:x + s]
+        if self.hflip > 0 and float(torch.rand(1, generator=self.generator)) < self.hflip:
+            crop = crop[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return f"RandomPolicyCrop(size={self.policy.size}, max_short_side={self.policy.max_short_side}, hflip={self.hflip})"
+
+
+class PolicyCrops:
+    """Test transform: RGB uint8 (H, W, 3) -> uint8 tensor (K, 3, size, size), the policy's
+    deterministic crops (exactly what scoring uses)."""
+
+    def __init__(self, policy: InputPolicy, max_short_side: int | None = None):
+        self.policy = dataset_policy(policy, max_short_side)
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        return policy_crops(img, self.policy)
+
+    def __repr__(self) -> str:
+        return (f"PolicyCrops(size={self.policy.size}, max_short_side={self.policy.max_short_side}, "
+                f"num_crops={self.policy.num_crops})")
+
+
+def train_transform(policy: InputPolicy, hflip: float = 0.5, max_short_side: int | None = None) -> RandomPolicyCrop:
+    """Random native-resolution crop + horizontal flip (see RandomPolicyCrop)."""
+    return RandomPolicyCrop(policy, hflip=hflip, max_short_side=max_short_side)
+
+
+def eval_transform(policy: InputPolicy, max_short_side: int | None = None) -> PolicyCrops:
+    """The policy's deterministic crops (centre or multi-crop), for validation and testing."""
+    return PolicyCrops(policy, max_short_side=max_short_side)
