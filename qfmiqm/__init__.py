@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from qfmiqm import datasets, metrics
 from qfmiqm.errors import ImageError, QfmiqmError, UsageError, WeightsError
 from qfmiqm.models.registry import list_models
 from qfmiqm.scoring import QualityModel, ScoreResult, load
@@ -19,6 +20,6 @@ def create_metric(name: str = "default", device: str | None = "auto", **kwargs) 
 
 
 __all__ = [
-    "__version__", "load", "create_metric", "list_models", "QualityModel", "ScoreResult",
+    "__version__", "load", "create_metric", "list_models", "QualityModel", "ScoreResult", "datasets", "metrics",
     "QfmiqmError", "UsageError", "ImageError", "WeightsError",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
+from pathlib import Path
 import warnings
 from typing import Iterator, List, Optional
 
@@ -157,6 +158,217 @@ def models_cmd(debug: bool = DebugOpt) -> None:
             trained_on = card.training_data if card.trained else "UNTRAINED placeholder (not a quality model)"
             table.add_row(name, card.backbone, "yes" if entry.weights_present else "no", trained_on)
         Console(width=max(100, Console().width)).print(table)
+
+
+datasets_app = typer.Typer(
+    help="Benchmark and user datasets: list them, check that their images are all there.",
+    no_args_is_help=True,
+)
+app.add_typer(datasets_app, name="datasets")
+RootOpt = typer.Option(None, "--root", help="Data root (default: $QFMIQM_DATA, else ./datasets); "
+                                            "for a CSV, the folder its relative paths start from.")
+
+
+@datasets_app.command("list")
+def datasets_list(root: Optional[str] = RootOpt, debug: bool = DebugOpt) -> None:
+    """The benchmarks and the user CSVs under the root: name, kind, images expected and found."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qfmiqm.datasets import overview, resolve_root
+
+    with user_errors(debug):
+        table = Table(title=f"data root: {resolve_root(root)}", show_lines=False)
+        for col in ("name", "kind", "expected", "found", "location"):
+            table.add_column(col, justify="right" if col in ("expected", "found") else "left")
+        for row in overview(root):
+            table.add_row(row.name, row.kind, str(row.expected), str(row.found), row.note or row.location)
+        Console(width=max(120, Console().width)).print(table)
+
+
+@datasets_app.command("check")
+def datasets_check(
+    dataset: str = typer.Argument(..., help="Benchmark name (see 'qfmiqm datasets list') or a CSV/TSV file."),
+    root: Optional[str] = RootOpt,
+    decode: bool = typer.Option(False, "--decode", help="Decode every image fully (slower; also finds truncated files)."),
+    path_column: Optional[str] = typer.Option(None, "--path-column", help="CSV only: the image path column (name or 0-based index)."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Count expected and found images; list missing and unreadable files. Exit 1 if incomplete."""
+    from qfmiqm.datasets import check
+
+    with user_errors(debug):
+        report = check(dataset, root, decode=decode, path_column=path_column)
+        layout = f" (layout: {report.layout.format(rel='...', name='<file>')})" if report.layout else ""
+        typer.echo(f"dataset:    {report.name} ({report.kind})")
+        typer.echo(f"folder:     {report.folder}{layout}")
+        typer.echo(f"expected:   {report.expected}")
+        typer.echo(f"found:      {report.found}")
+        typer.echo(f"missing:    {len(report.missing)}")
+        typer.echo(f"unreadable: {len(report.unreadable)}")
+        for path in report.first_missing:
+            typer.echo(f"  missing: {path}")
+        if len(report.missing) > len(report.first_missing):
+            typer.echo(f"  ... and {len(report.missing) - len(report.first_missing)} more missing")
+        for path, reason in report.unreadable:
+            typer.echo(f"  unreadable: {path}: {reason}")
+    if not report.complete:
+        _err(f"error: {report.summary()}")
+        raise typer.Exit(1)
+    typer.echo(report.summary())
+
+
+from qfmiqm.data import synth as _synth  # noqa: E402 - defaults for the synth command's options
+
+
+@app.command("synth")
+def synth_cmd(
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (created; a rerun continues it)."),
+    src: Optional[str] = typer.Option(None, "--src", help="Folder of pristine images (default: the real photos shipped with scikit-image)."),
+    types: Optional[List[str]] = typer.Option(None, "--types", "-t", help="Distortion types, comma-separated or repeated (default: all; see --list-types)."),
+    levels: str = typer.Option(str(_synth.DEFAULT_LEVELS), "--levels", help="N for levels 1..N, or a list such as 1,3,5."),
+    seed: int = typer.Option(_synth.DEFAULT_SEED, "--seed", help="Random seed (crops, noise, patch positions)."),
+    fmt: str = typer.Option(_synth.DEFAULT_FORMAT, "--format", help=f"Distorted image format: {', '.join(_synth.FORMATS)} (references are always PNG)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Cut square crops of this side in pixels (default: whole images)."),
+    crops: int = typer.Option(_synth.DEFAULT_CROPS, "--crops", help="Crops per source: 1 = centre crop, more = random positions (needs --size)."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="First downscale sources whose longer side exceeds this many pixels."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Take --src images from subfolders too."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help="Worker processes (default: one per CPU core; 0 = none)."),
+    list_types: bool = typer.Option(False, "--list-types", help="Print the distortion types and their levels, then exit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    debug: bool = DebugOpt,
+) -> None:
+    """KADID-style distorted set from pristine images, with labels.csv (path, reference, type,
+    level, score; proxy score 0-100 from full-reference metrics). See docs/synth.md.
+
+    Exit code 0: all done; 1: some sources or images failed (each reported, the rest written); 2: usage error.
+    """
+    with user_errors(debug):
+        if list_types:
+            _print_distortions()
+            return
+        if out is None:
+            raise UsageError("--out DIR is required (the folder to write the set into)")
+        options = _synth.SynthOptions(types=_synth.parse_types(types), levels=_synth.parse_levels(levels),
+                                      seed=seed, fmt=fmt.lower(), size=size, crops=crops, max_side=max_side)
+        report = _synth.synthesize(out, src, options, recursive=recursive, workers=workers,
+                                   progress=progress and sys.stderr.isatty(),
+                                   on_error=lambda label, reason: _err(f"error: {label}: {reason}"))
+    typer.echo(report.summary())
+    if report.failures:
+        _err(f"{len(report.failures)} source(s) or image(s) failed and were skipped")
+        raise typer.Exit(1)
+
+
+def _print_distortions() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from qfmiqm.data.distortions import DISTORTIONS
+
+    table = Table(show_lines=False)
+    for col in ("type", "family", "KADID #", "levels 1..5", "parameter"):
+        table.add_column(col)
+    for d in DISTORTIONS.values():
+        table.add_row(d.name, d.family, str(d.kadid_id), ", ".join(f"{p:g}" for p in d.params), d.unit)
+    Console(width=max(110, Console().width)).print(table)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Model: zoo name or .safetensors checkpoint."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark name (see 'qfmiqm datasets list') or a CSV/TSV."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (default: $QFMIQM_DATA, else ./datasets)."),
+    split_file: Optional[str] = typer.Option(None, "--split-file", help="Evaluate one side of a saved split (splits.json)."),
+    split_index: int = typer.Option(0, "--split-index", min=0, help="Which split of the split file."),
+    subset: str = typer.Option("test", "--subset", help="test, train, val or all (with --split-file)."),
+    out: str = typer.Option("evaluation", "--out", "-o", help="Folder for predictions.csv, metrics.json, report.md, plots."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    device: str = typer.Option("auto", "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Evaluate on the images present when some are missing."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Evaluate a model on a labelled dataset: SRCC, PLCC (raw and fitted), KRCC, RMSE, report and plots."""
+    from qfmiqm.data.datasets import load as load_dataset
+    from qfmiqm.eval.evaluate import evaluate, load_model_quietly, select_items
+
+    with user_errors(debug):
+        ds = load_dataset(dataset, root=root, allow_missing=allow_missing)
+        if ds.dropped:
+            _err(f"note: {ds.dropped} image(s) of '{ds.name}' are missing and were left out (--allow-missing)")
+        ds = select_items(ds, split_file, split_index, subset, allow_missing)
+        model = load_model_quietly(checkpoint, device=device)
+        result = evaluate(model, ds, out, batch_size=batch_size, workers=workers,
+                          progress=sys.stderr.isatty(), on_error=lambda p, e: _err(f"error: {p}: {e}"))
+        m = result.report.metrics
+        typer.echo(f"{model.name} on {ds.name} ({m['n']} images): SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  "
+                   f"PLCC(fit) {m['plcc_fit']:.4f}  KRCC {m['krcc']:.4f}  RMSE {m['rmse']:.3f}")
+        typer.echo(f"report: {Path(out) / 'report.md'}")
+    if result.failed:
+        _err(f"{result.failed} image(s) could not be scored and were left out of the metrics")
+        raise typer.Exit(1)
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Model: zoo name or .safetensors checkpoint."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Benchmark name or a CSV/TSV."),
+    root: Optional[str] = typer.Option(None, "--root"),
+    k: int = typer.Option(5, "--k", min=1, help="Neighbours per image."),
+    thresholds: str = typer.Option("5,10,20,30", "--thresholds", help="Quality differences (0-100 scale)."),
+    out: str = typer.Option("diagnose", "--out", "-o", help="Folder for diagnose.json and diagnose.png."),
+    device: str = typer.Option("auto", "--device"),
+    allow_missing: bool = typer.Option(False, "--allow-missing"),
+    debug: bool = DebugOpt,
+) -> None:
+    """Semantic noise: share of feature-space nearest neighbours whose quality differs by more than a threshold."""
+    from qfmiqm.data.datasets import load as load_dataset
+    from qfmiqm.eval.diagnose import format_table
+    from qfmiqm.eval.evaluate import diagnose, load_model_quietly
+
+    with user_errors(debug):
+        try:
+            levels = [float(t) for t in thresholds.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--thresholds '{thresholds}': expected numbers separated by commas") from None
+        ds = load_dataset(dataset, root=root, allow_missing=allow_missing)
+        model = load_model_quietly(checkpoint, device=device)
+        table = diagnose(model, ds, out, k=k, thresholds=levels)
+        typer.echo(format_table(table))
+        typer.echo(f"saved: {Path(out) / 'diagnose.json'}, {Path(out) / 'diagnose.png'}")
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(..., "--config", "-c", help="YAML config (configs/*.yaml; '_base_:' inheritance)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override a key: --set optim.lr=1e-4 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the run directory from its last valid checkpoint."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: <out.dir>/<out.name>)."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (same as --set data.root=DIR)."),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="ImageNet backbone weights (same as --set model.backbone_weights=FILE)."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Train a model (one split) as the config says; docs/training.md lists every key.
+
+    Writes the run directory (config, splits, metrics.csv, TensorBoard events, checkpoints) and
+    the best model as <run>/best.safetensors (score with: qfmiqm score --model <run>/best.safetensors).
+    Works under torchrun for multi-GPU / multi-node training. Exit code 0: done; 2: bad config;
+    130: stopped by a signal (checkpoint written; continue with --resume).
+    """
+    from qfmiqm.train.engine import run_training
+    from qfmiqm.train.schema import load_train_config
+
+    with user_errors(debug):
+        overrides = list(set_ or [])
+        if root is not None:
+            overrides.append(f"data.root={root}")
+        if backbone_weights is not None:
+            overrides.append(f"model.backbone_weights={backbone_weights}")
+        cfg = load_train_config(config, overrides)
+        result = run_training(cfg, run_dir=out, resume=resume)
+    if result.complete and result.best_model is not None:
+        typer.echo(f"best model: {result.best_model}")
 
 
 def main() -> None:

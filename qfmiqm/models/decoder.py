@@ -1,34 +1,61 @@
-"""DEIQT's attention-panel decoder (Qin et al., AAAI 2023).
+"""DEIQT's attention-panel decoder (Qin et al., AAAI 2023), as its public code defines it.
 
-Learnable panel queries, each added to the global token, go through pre-norm transformer
-decoder layer(s) that cross-attend to the backbone tokens; a bias-free linear head per panel
-member gives one score each, and the prediction is their mean.
+``panel_size`` learnable query embeddings ("panel members") are each added to the global token
+(the ViT class token in DEIQT); ``depth`` pre-norm transformer decoder layers (self-attention
+among the members, cross-attention to the backbone tokens, GELU FFN of ``mlp_ratio`` x width,
+no dropout, no final norm) refine them; a bias-free linear head maps each member to a score and
+the prediction is the mean over members. DEIQT shares one head across members
+(``member_heads="shared"``); ``"separate"`` gives each member its own.
+Initialisation follows DEIQT: truncated normal (std 0.02) for queries and linear weights,
+zero biases.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from qfmiqm.errors import UsageError
+
+MEMBER_HEADS = {"shared": lambda panel_size: 1, "separate": lambda panel_size: panel_size}
+
+
+def _deiqt_init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
 
 class AttentionPanelDecoder(nn.Module):
-    def __init__(self, dim: int, panel_size: int = 6, depth: int = 1, heads: int = 4, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, panel_size: int = 6, depth: int = 1, heads: int = 6,
+                 mlp_ratio: float = 4.0, member_heads: str = "shared"):
         super().__init__()
+        if member_heads not in MEMBER_HEADS:
+            raise UsageError(f"decoder member_heads must be one of {sorted(MEMBER_HEADS)}, not '{member_heads}'")
+        if dim % heads:
+            raise UsageError(f"decoder width {dim} is not divisible by its {heads} attention heads")
         self.queries = nn.Parameter(torch.empty(panel_size, dim))
+        self.layers = nn.ModuleList([
+            nn.TransformerDecoderLayer(
+                d_model=dim, nhead=heads, dim_feedforward=int(dim * mlp_ratio),
+                dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
+            )
+            for _ in range(depth)
+        ])
+        self.member_heads = nn.Parameter(torch.empty(MEMBER_HEADS[member_heads](panel_size), dim))
+        self.apply(_deiqt_init)
         nn.init.trunc_normal_(self.queries, std=0.02)
-        layer = nn.TransformerDecoderLayer(
-            d_model=dim, nhead=heads, dim_feedforward=int(dim * mlp_ratio),
-            dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
-        )
-        self.layers = nn.TransformerDecoder(layer, num_layers=depth)
-        self.norm = nn.LayerNorm(dim)
-        self.member_heads = nn.Parameter(torch.empty(panel_size, dim))
         nn.init.trunc_normal_(self.member_heads, std=0.02)
 
     def member_scores(self, global_token: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """(B, D), (B, N, D) -> per-member scores (B, panel_size)."""
-        queries = global_token[:, None, :] + self.queries[None]
-        out = self.norm(self.layers(queries, tokens))
-        return (out * self.member_heads[None]).sum(-1)
+        x = global_token[:, None, :] + self.queries[None]
+        for layer in self.layers:
+            x = layer(x, tokens)
+        return (x * self.member_heads).sum(-1)
 
     def forward(self, global_token: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.member_scores(global_token, tokens).mean(-1)
