@@ -32,7 +32,7 @@ import re
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -764,8 +764,3 @@ def synthesize(
         return generate(out, skimage_sources(), options, "skimage", workers, progress, on_error)
     sources = folder_sources(src, recursive, exclude=out)
     return generate(out, sources, options, f"folder:{Path(src).resolve()}", workers, progress, on_error)
-
-
-def options_dict(options: SynthOptions) -> dict:
-    """The options as plain data (for reports and benchmarks)."""
-    return asdict(options)
