@@ -155,7 +155,7 @@ def models_cmd(debug: bool = DebugOpt) -> None:
             table.add_column(col)
         for name, entry in zoo_entries().items():
             card = entry.card
-            trained_on = card.training_data if card.trained else "UNTRAINED placeholder (not a quality model)"
+            trained_on = card.training_data if card.trained else "UNTRAINED (not a quality model)"
             table.add_row(name, card.backbone, "yes" if entry.weights_present else "no", trained_on)
         Console(width=max(100, Console().width)).print(table)
 
@@ -356,6 +356,8 @@ def train_cmd(
     Works under torchrun for multi-GPU / multi-node training. Exit code 0: done; 2: bad config;
     130: stopped by a signal (checkpoint written; continue with --resume).
     """
+    import os
+
     from qfmiqm.train.engine import run_training
     from qfmiqm.train.schema import load_train_config
 
@@ -367,8 +369,64 @@ def train_cmd(
             overrides.append(f"model.backbone_weights={backbone_weights}")
         cfg = load_train_config(config, overrides)
         result = run_training(cfg, run_dir=out, resume=resume)
-    if result.complete and result.best_model is not None:
+    if result.complete and result.best_model is not None and os.environ.get("RANK", "0") == "0":
         typer.echo(f"best model: {result.best_model}")
+
+
+@app.command("protocol")
+def protocol_cmd(
+    config: List[str] = typer.Option(..., "--config", "-c", help="Training config (YAML); repeat to compare methods on the same splits (the first is the baseline)."),
+    splits: int = typer.Option(10, "--splits", min=1, help="Number of random 80/20 splits."),
+    cross: Optional[str] = typer.Option(None, "--cross", help="Cross-dataset matrix instead: comma-separated datasets (names or CSVs)."),
+    out: str = typer.Option("protocol", "--out", "-o", help="Folder for splits, runs and result tables (rerun to resume)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key for every config, e.g. optim.epochs=3."),
+    debug: bool = DebugOpt,
+) -> None:
+    """The papers' protocol in one command: train/test on N splits, median SRCC/PLCC table (and ablation)."""
+    from qfmiqm.eval.protocol import Method, run_cross, run_protocol
+    from qfmiqm.train.schema import load_train_config
+
+    with user_errors(debug):
+        methods = [Method(Path(c).stem, load_train_config(c, list(set_))) for c in config]
+        if cross:
+            if len(methods) != 1:
+                raise UsageError("--cross takes exactly one --config")
+            names = [n.strip() for n in cross.split(",") if n.strip()]
+            run_cross(methods[0], names, out, say=_err)
+            typer.echo((Path(out) / "cross.md").read_text())
+            return
+        result = run_protocol(methods, splits, out, say=_err)
+        typer.echo(result.table)
+        typer.echo(f"results: {Path(out) / 'results.md'}")
+
+
+@app.command("bench")
+def bench_cmd(
+    model: str = typer.Option("default", "--model", "-m", help="Model name or .safetensors checkpoint."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    images: int = typer.Option(64, "--images", "-n", min=1, help="Images per throughput measurement."),
+    size: str = typer.Option("640x480", "--size", help="Image size WxH of the generated JPEGs."),
+    device: str = typer.Option("auto", "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0),
+    memory: str = typer.Option("", "--memory", help="SMALL,LARGE: RSS growth between scoring SMALL and LARGE images, e.g. 1000,10000."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Throughput of the model vs its backbone's limit (ratios b/a, c/a), peak RSS and memory growth."""
+    from qfmiqm.bench import run_bench
+    from qfmiqm.eval.evaluate import load_model_quietly
+
+    with user_errors(debug):
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+            mem = tuple(int(v) for v in memory.split(",")) if memory else None
+        except ValueError:
+            raise UsageError(f"--size '{size}' / --memory '{memory}': expected WxH and SMALL,LARGE") from None
+        if mem is not None and len(mem) != 2:
+            raise UsageError("--memory takes two numbers: SMALL,LARGE")
+        m = load_model_quietly(model, device=device)
+        result = run_bench(m, images=images, batch_size=batch_size, size=(w, h), workers=workers, memory_images=mem)
+        for line in result.lines():
+            typer.echo(line)
 
 
 def main() -> None:

