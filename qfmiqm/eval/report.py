@@ -16,15 +16,12 @@ directly (no pyplot, no global backend switch).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -35,6 +32,7 @@ from scipy import stats
 
 from qfmiqm.errors import UsageError
 from qfmiqm.eval.metrics import LogisticFit, MetricInputError, metrics_and_fit, plcc, srcc
+from qfmiqm.files import atomic_path, jsonable, write_json_atomic, write_text_atomic
 
 REQUIRED_COLUMNS = ("path", "mos", "prediction")
 TYPE_COLUMN = "type"
@@ -66,50 +64,6 @@ DPI = 120
 
 
 # --------------------------------------------------------------------------- atomic writing
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it is renamed onto ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text atomically; returns the final path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars made plain and NaN/inf made ``None`` (strict JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write strict JSON (NaN as null) atomically; returns the final path."""
-    return write_text_atomic(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def save_figure_atomic(fig: Figure, path: str | os.PathLike) -> Path:

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from qfmiqm.files import write_json_atomic
 from qfmiqm.models.weights import sha256_file
 
 PREFIX = "ckpt-"
@@ -44,7 +45,7 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, dict[str, torch
         path = tmp / f"{stem}.safetensors"
         save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(path))
         hashes[stem] = sha256_file(path)
-    _write_json_atomic(tmp / STATE_FILE, {**state, "step": step, "files": hashes})
+    write_json_atomic(tmp / STATE_FILE, {**state, "step": step, "files": hashes}, durable=True, strict=False)
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -91,20 +92,6 @@ def latest_valid_checkpoint(run_dir: Path, report: Callable[[str], None] = print
         except (ValueError, OSError) as exc:
             report(f"warning: skipping damaged checkpoint {path}: {exc}")
     return None
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Public helper: JSON written to a temp file, fsynced and renamed."""
-    _write_json_atomic(Path(path), data)
 
 
 def _fsync_dir(path: Path) -> None:

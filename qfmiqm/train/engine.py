@@ -43,15 +43,16 @@ from torch.utils.data import DataLoader
 from qfmiqm.data.splits import save_splits
 from qfmiqm.data.transforms import InputPolicy, normalize
 from qfmiqm.errors import QfmiqmError, UsageError, WeightsError
+from qfmiqm.files import write_json_atomic, write_text_atomic
 from qfmiqm.eval.metrics import MetricInputError, MetricWarning, all_metrics
-from qfmiqm.models.backbones import BackboneFeatures, get_backbone_spec
+from qfmiqm.models.backbones import get_backbone_spec
 from qfmiqm.models.card import ModelCard, ScoreMapping
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import build_net, load_net, resolve_model, save_model
 from qfmiqm.train import ddp
 from qfmiqm.train.cache import CachedFeatures, FeatureCache
 from qfmiqm.train.checkpoint import (
-    latest_valid_checkpoint, list_checkpoints, read_checkpoint, save_checkpoint, write_json_atomic,
+    latest_valid_checkpoint, list_checkpoints, read_checkpoint, save_checkpoint,
 )
 from qfmiqm.train.config import to_plain
 from qfmiqm.train.data import (
@@ -353,7 +354,7 @@ class _Trainer:
         if not self.info.is_main:
             return
         text = yaml.safe_dump(to_plain(self.cfg), sort_keys=False)
-        _write_text_atomic(self.run_dir / CONFIG_FILE, text)
+        write_text_atomic(self.run_dir / CONFIG_FILE, text, durable=True)
         save_splits(self.data.splits, self.run_dir)
 
     # --- main loop -------------------------------------------------------------------------
@@ -758,7 +759,7 @@ class _Trainer:
                    "last": st["history"][-1] if st["history"] else {}}
         result = TrainResult(self.run_dir, self._best_path(), metrics, st["history"], self._cache_stats())
         if self.info.is_main:
-            write_json_atomic(self.run_dir / RESULT_FILE, _finite(result.to_dict()))
+            write_json_atomic(self.run_dir / RESULT_FILE, _finite(result.to_dict()), durable=True, strict=False)
             self.progress.message(
                 f"done: best epoch {metrics['best_epoch']} (by {cfg.eval.select}); "
                 + " ".join(f"{s} SRCC {metrics[s]['srcc']:.4f} PLCC {metrics[s]['plcc']:.4f}"
@@ -824,7 +825,7 @@ class _Trainer:
         w.writeheader()
         for row in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        _write_text_atomic(self.run_dir / METRICS_FILE, buf.getvalue())
+        write_text_atomic(self.run_dir / METRICS_FILE, buf.getvalue(), durable=True)
 
     # --- signals -------------------------------------------------------------------------------
 
@@ -911,15 +912,6 @@ def _unfinite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_unfinite(v) for v in obj]
     return obj
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _config_diff(saved_file: Path, cfg: TrainConfig) -> str:
