@@ -347,6 +347,7 @@ def train_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default: <out.dir>/<out.name>)."),
     root: Optional[str] = typer.Option(None, "--root", help="Data root (same as --set data.root=DIR)."),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="ImageNet backbone weights (same as --set model.backbone_weights=FILE)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Train on the images present when some are missing (same as --set data.allow_missing=true)."),
     debug: bool = DebugOpt,
 ) -> None:
     """Train a model (one split) as the config says; docs/training.md lists every key.
@@ -367,6 +368,8 @@ def train_cmd(
             overrides.append(f"data.root={root}")
         if backbone_weights is not None:
             overrides.append(f"model.backbone_weights={backbone_weights}")
+        if allow_missing:
+            overrides.append("data.allow_missing=true")
         cfg = load_train_config(config, overrides)
         result = run_training(cfg, run_dir=out, resume=resume)
     if result.complete and result.best_model is not None and os.environ.get("RANK", "0") == "0":

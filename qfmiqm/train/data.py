@@ -47,7 +47,8 @@ class RunData:
         p = self.splits.protocol
         return (f"{self.dataset.name} ({self.dataset.kind}): split {self.split.index} of {p.n} "
                 f"(test {p.test_fraction:g}, val {p.val_fraction:g}, seed {p.seed}, by {self.splits.grouped_by}): "
-                f"{len(self.split.train)} train, {len(self.split.val)} val, {len(self.split.test)} test images")
+                f"{len(self.split.train)} train, {len(self.split.val)} val, {len(self.split.test)} test images"
+                + (f"; {self.dataset.dropped} missing image(s) dropped (data.allow_missing)" if self.dataset.dropped else ""))
 
 
 def load_run_data(cfg) -> RunData:
