@@ -89,9 +89,21 @@ def test_load_errors_and_aliases(tmp_path):
         qfmiqm.load("no-such-model")
     with pytest.raises(UsageError, match="not found"):
         qfmiqm.load(tmp_path / "missing.safetensors")
-    with pytest.warns(UserWarning, match="UNTRAINED"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the trained default loads without warnings
         m = qfmiqm.create_metric("default", device="cpu")
     assert isinstance(m, qfmiqm.QualityModel) and m.device.type == "cpu"
+
+
+def test_a_model_marked_untrained_warns(tmp_path, default_model):
+    from dataclasses import replace
+
+    from qfmiqm.models.registry import save_model
+
+    path = tmp_path / "untrained.safetensors"
+    save_model(default_model.net, replace(default_model.card, trained=False), path)
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        qfmiqm.load(path, device="cpu")
 
 
 def test_checkpoint_round_trip(tmp_path, default_model, samples):

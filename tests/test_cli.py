@@ -31,7 +31,7 @@ def test_score_files_prints_path_score_csv(runner, samples):
     assert [r["path"] for r in rows] == files
     assert list(rows[0]) == ["path", "score"]
     assert all(0 <= float(r["score"]) <= 100 for r in rows)
-    assert "UNTRAINED" in result.stderr
+    assert "UNTRAINED" not in result.stderr  # the embedded default is a trained model
 
 
 def test_score_folder_recursive_and_glob(runner, samples, tmp_path):
@@ -99,7 +99,7 @@ def test_resume_scores_only_what_is_missing(runner, samples, tmp_path):
 def test_models_and_version(runner):
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "default" in result.stdout and "efficientnet_lite0" in result.stdout
-    assert "UNTRAINED" in result.stdout
+    assert "UNTRAINED" not in result.stdout and "yes" in result.stdout
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.stdout.startswith("qfmiqm ")
 

@@ -8,8 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python tools/collect_photos.py --out datasets/pristine
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 3 --seed 0
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 20 --types white_noise --levels 1 --seed 7
-python tools/merge_labels.py datasets/default_train.csv datasets/synth_default/labels.csv datasets/synth_pristine/labels.csv:pristine
 qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1
 qfmiqm train --config configs/default_model.yaml "$@"
 qfmiqm evaluate --checkpoint runs/default_model/best.safetensors --dataset datasets/synth_heldout/labels.csv \

@@ -1,0 +1,81 @@
+"""The embedded default model behaves like a quality model on photos it never saw in training.
+
+coffee and motorcycle_left are held out of the default model's training photos
+(tools/collect_photos.py HELD_OUT); every distortion here is applied to them fresh.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from scipy.stats import spearmanr
+
+import qfmiqm
+from qfmiqm.models.registry import zoo_entries
+
+
+def _blur(img, level):
+    return img.filter(ImageFilter.GaussianBlur(radius=[0.8, 1.6, 2.8, 4.5, 7.0][level - 1]))
+
+
+def _noise(img, level):
+    rng = np.random.default_rng(level)
+    sigma = [6, 12, 22, 35, 55][level - 1]
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, sigma, (img.height, img.width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _jpeg(img, level):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=[40, 20, 10, 6, 3][level - 1])
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _contrast_loss(img, level):
+    keep = [0.7, 0.5, 0.35, 0.22, 0.12][level - 1]
+    arr = np.asarray(img, dtype=np.float32)
+    out = arr.mean() + keep * (arr - arr.mean())
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+DISTORTIONS = {"blur": _blur, "noise": _noise, "jpeg": _jpeg, "contrast": _contrast_loss}
+
+
+@pytest.fixture(scope="module")
+def heldout_photos(samples):
+    from skimage import data
+
+    coffee = Image.open(samples["coffee"]).convert("RGB")
+    motorcycle = Image.fromarray(data.stereo_motorcycle()[0]).convert("RGB")
+    return {"coffee": coffee, "motorcycle_left": motorcycle}
+
+
+def test_default_is_a_trained_model_with_a_card():
+    card = zoo_entries()["default"].card
+    assert card.trained, "the embedded default model must be trained"
+    assert card.metrics["heldout_photos"]["srcc"] > 0.6
+    assert any("proxy" in limit for limit in card.limits)
+
+
+def _scores(model, photo, kind):
+    return model.score([photo] + [DISTORTIONS[kind](photo, level) for level in range(1, 6)])
+
+
+@pytest.mark.parametrize("kind", sorted(DISTORTIONS))
+def test_scores_fall_as_distortion_grows_on_heldout_photos(default_model, heldout_photos, kind):
+    for name, photo in heldout_photos.items():
+        scores = _scores(default_model, photo, kind)
+        rho = spearmanr(range(1, 6), scores[1:]).statistic
+        assert rho <= -0.9, f"{kind} on {name}: scores {np.round(scores, 2)} (Spearman {rho:.2f})"
+        assert scores[0] > max(scores[3:]), f"{kind} on {name}: pristine {scores[0]:.2f} vs {np.round(scores[1:], 2)}"
+
+
+@pytest.mark.xfail(strict=True, reason="known gap of the shipped model (issue 11 stays open): a mild level-1 "
+                   "blur/contrast/noise change can score at or above the pristine photo")
+def test_pristine_scores_above_every_distorted_version(default_model, heldout_photos):
+    for kind in DISTORTIONS:
+        for name, photo in heldout_photos.items():
+            scores = _scores(default_model, photo, kind)
+            assert scores[0] > max(scores[1:]), f"{kind} on {name}: pristine {scores[0]:.2f} vs {np.round(scores[1:], 2)}"
