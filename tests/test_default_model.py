@@ -68,7 +68,7 @@ def test_scores_fall_as_distortion_grows_on_heldout_photos(default_model, heldou
     for name, photo in heldout_photos.items():
         scores = _scores(default_model, photo, kind)
         rho = spearmanr(range(1, 6), scores[1:]).statistic
-        assert rho <= -0.9, f"{kind} on {name}: scores {np.round(scores, 2)} (Spearman {rho:.2f})"
+        assert rho <= -0.9 + 1e-9, f"{kind} on {name}: scores {np.round(scores, 2)} (Spearman {rho:.2f})"
         assert scores[0] > max(scores[3:]), f"{kind} on {name}: pristine {scores[0]:.2f} vs {np.round(scores[1:], 2)}"
 
 

@@ -222,7 +222,8 @@ def test_bad_weights_give_one_clear_line(tmp_path):
 
     other = tmp_path / "other"
     other.mkdir()
-    mismatched = _copy_default(other, **{"decoder.width": 64, "weights_sha256": None})
+    default_width = json.loads((ROOT / "qfmiqm" / "models" / "zoo" / "default.json").read_text())["decoder"]["width"]
+    mismatched = _copy_default(other, **{"decoder.width": default_width * 2, "weights_sha256": None})
     r = _run(["score", sample, "--model", str(mismatched)])
     assert r.returncode == 2 and "do not fit this model" in r.stderr and "Traceback" not in r.stderr
     assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
