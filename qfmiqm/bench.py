@@ -98,7 +98,7 @@ def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size:
     dev = model.device
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), images, size)
-        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
         full = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])  # native resolution
         crops = torch.stack([policy_crops(a, policy) for a in arrays])
         backbone = model.net.backbone
