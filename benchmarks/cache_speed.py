@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,17 +20,9 @@ from pathlib import Path
 
 import torch
 
+from qfmiqm.bench import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _epoch_seconds(result) -> float:
@@ -73,7 +64,7 @@ def main() -> None:
 
         n_train = len(e2e.history) and e2e.history[0]["step"] * cfg.optim.batch_size
         t_e2e, t_cached = _epoch_seconds(e2e), _epoch_seconds(second)
-        print(f"hardware: {_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"hardware: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"config: {args.config} ({cfg.model.backbone} frozen, decoder width {cfg.model.decoder.width}, "
               f"grid {cfg.model.decoder.grid}); {n_train} training crops per epoch, batch {cfg.optim.batch_size}, "
               f"{args.epochs} epochs")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from qfmiqm.bench import cpu_name
 from qfmiqm.data.distortions import DISTORTIONS
 from qfmiqm.data.synth import LABELS_NAME, SynthOptions, parse_types, read_labels, synthesize
 
@@ -35,16 +36,6 @@ WEAK = -0.9  # pooled SRCC above this counts as "not strongly monotonic"
 #: Sources that are not everyday photographs (astronomy, fundus): reported separately because
 #: their content (mostly black sky; smooth tissue) makes most distortions mild by any metric.
 ATYPICAL = ("reference/hubble_deep_field", "reference/retina")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _pooled(rs: list[dict]) -> float:
@@ -109,7 +100,7 @@ def main() -> None:
 
     options = SynthOptions(types=parse_types([args.types] if args.types else None), size=args.size,
                            crops=args.crops, seed=args.seed)
-    print(f"# qfmiqm synth benchmark\n\nmachine: {_cpu()}, {os.cpu_count()} logical CPU(s), "
+    print(f"# qfmiqm synth benchmark\n\nmachine: {cpu_name()}, {os.cpu_count()} logical CPU(s), "
           f"Python {platform.python_version()}, numpy {np.__version__}")
     print(f"set: scikit-image photos, size {args.size}, crops {args.crops}, {len(options.types)} types x "
           f"{len(options.levels)} levels, seed {args.seed}, png\n")

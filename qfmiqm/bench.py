@@ -53,6 +53,19 @@ class BenchResult:
         return out
 
 
+def cpu_name() -> str:
+    """The CPU model, for benchmark reports (Linux /proc/cpuinfo, else platform)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def _rss_mb() -> float:
     # current RSS from /proc (Linux); ru_maxrss is the peak
     try:

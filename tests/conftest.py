@@ -31,3 +31,14 @@ def default_model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return qfmiqm.load("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch work on one thread (small ops are faster so, and timings steadier)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

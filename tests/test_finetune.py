@@ -14,12 +14,7 @@ LAST_BLOCK = {"efficientnet_lite0": "blocks.6.", "vit_small_patch16_224": "block
 SECOND_LAST = {"efficientnet_lite0": "blocks.5.", "vit_small_patch16_224": "blocks.10.", "resnet50": "layer3."}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=list_backbones())

@@ -21,12 +21,7 @@ DEIQT = DecoderConfig(width=0, heads=6, grid=0, gate=False)  # DEIQT on ViT-S/16
 LITE0_DIMS = [24, 40, 112, 320]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ReferencePanel(nn.Module):

@@ -22,12 +22,7 @@ from qfmiqm.train.perturbation import adversarial_delta, ascent_direction
 DIMS = [24, 40, 112, 320]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _feats(n: int = 8, seed: int = 0, cls: bool = False) -> BackboneFeatures:

@@ -25,12 +25,7 @@ BLUR_RADIUS = (0, 1, 2, 4)
 NOISE_SIGMA = (0, 8, 20, 45)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def distorted_crops(samples, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
