@@ -157,7 +157,11 @@ def models_cmd(debug: bool = DebugOpt) -> None:
             card = entry.card
             trained_on = card.training_data if card.trained else "UNTRAINED (not a quality model)"
             table.add_row(name, card.backbone, "yes" if entry.weights_present else "no", trained_on)
-        Console(width=max(100, Console().width)).print(table)
+        console = Console(width=max(100, Console().width))
+        console.print(table)
+        for name, entry in zoo_entries().items():
+            for limit in entry.card.limits:
+                console.print(f"{name}: limit: {limit}", highlight=False, soft_wrap=True)
 
 
 datasets_app = typer.Typer(
