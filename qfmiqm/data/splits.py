@@ -10,10 +10,8 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -21,6 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from qfmiqm.errors import UsageError
+from qfmiqm.files import write_text_atomic
 
 SPLITS_FILENAME = "splits.json"
 FORMAT = "qfmiqm-splits/1"
@@ -182,17 +181,7 @@ def save_splits(splits: SplitSet, path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.is_dir() or target.suffix.lower() != ".json":
         target = target / SPLITS_FILENAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(splits.to_dict(), fh, separators=(",", ":"))
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(target, json.dumps(splits.to_dict(), separators=(",", ":")) + "\n")
     return target
 
 

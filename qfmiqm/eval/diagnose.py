@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from qfmiqm.errors import UsageError
+from qfmiqm.files import atomic_path
 from qfmiqm.models.backbones import BackboneFeatures
 from qfmiqm.models.features import pooled_descriptor
 
@@ -110,7 +111,6 @@ def plot_semantic_noise(table: dict, path: str | os.PathLike, title: str = "Sema
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qfmiqm.data.transforms import InputPolicy
 from qfmiqm.errors import WeightsError
+from qfmiqm.files import write_text_atomic
 
 CARD_FORMAT = 1
 
@@ -103,6 +104,4 @@ class ModelCard:
             raise WeightsError(f"{p}: model card is not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
     def write(self, path: str | os.PathLike) -> None:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, self.to_json())
