@@ -81,11 +81,14 @@ def score(
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="ImageNet weights file for backbones without packaged weights."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled (non-safetensors) weight files."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    map_dir: Optional[str] = typer.Option(None, "--map", help="Also save an attention-map overlay per scored image as DIR/<stem>.map.png (docs/attention-maps.md).", metavar="DIR"),
     debug: bool = DebugOpt,
 ) -> None:
     """Score images: 0-100, higher is better. Prints CSV (path,score) unless --output is given.
 
-    Exit code 0: all scored; 1: some files failed; 2: usage error.
+    With --map DIR, a second pass writes the attention map of each image scored in this run.
+
+    Exit code 0: all scored; 1: some files failed (or their maps); 2: usage error.
     """
     from qfmiqm.data.sources import expand_inputs
     from qfmiqm.scoring import load, untrained_warning
@@ -106,10 +109,19 @@ def score(
             _err(f"warning: {untrained_warning(m.card)}")
         if num_crops is not None:
             m.card = _with_crops(m.card, num_crops)
-        failures = _score_to_output(m, items, output, resume, batch_size, workers,
-                                    progress and sys.stderr.isatty())
+        if map_dir is not None:
+            from qfmiqm.eval.attention_map import prepare_map_dir, supports_maps
+
+            if not supports_maps(m):
+                raise UsageError("--map needs a PyTorch model (not ONNX)")
+            prepare_map_dir(map_dir)
+        failures, map_failures = _score_to_output(m, items, output, resume, batch_size, workers,
+                                                  progress and sys.stderr.isatty(), map_dir)
     if failures:
         _err(f"{failures} of {len(items)} file(s) could not be scored")
+    if map_failures:
+        _err(f"{map_failures} attention map(s) could not be written")
+    if failures or map_failures:
         raise typer.Exit(1)
 
 
@@ -120,25 +132,35 @@ def _with_crops(card, num_crops: int):
 
 
 def _score_to_output(m, items: list[str], output: Optional[str], resume: bool, batch_size: int,
-                     workers: Optional[int], progress: bool) -> int:
-    """Score ``items`` into ``output`` row by row; returns how many inputs have no score."""
+                     workers: Optional[int], progress: bool, map_dir: Optional[str] = None) -> tuple[int, int]:
+    """Score ``items`` into ``output`` row by row, then (``map_dir``) write the attention maps of
+    the files scored now; returns how many inputs have no score and how many maps failed."""
     from qfmiqm.outputs import open_writer, prepare_resume
 
     previous = prepare_resume(output) if resume else {}
     failures = sum(1 for p in items if p in previous and not previous[p].ok)
     todo = [p for p in items if p not in previous]
     writer, stream = open_writer(output, append=bool(previous))
+    scored = []
     try:
         for result in m.iter_scores(todo, batch_size=batch_size, workers=workers, progress=progress):
             writer.write(result)
             if not result.ok:
                 failures += 1
                 _err(f"error: {result.path}: {result.error}")
+            else:
+                scored.append(result.path)
     finally:
         writer.close()
         if stream is not sys.stdout:
             stream.close()
-    return failures
+    if map_dir is None or not scored:
+        return failures, 0
+    from qfmiqm.eval.attention_map import save_maps
+
+    if progress:
+        _err(f"writing {len(scored)} attention map(s) to {map_dir}")
+    return failures, save_maps(m, scored, map_dir, on_error=lambda p, e: _err(f"error: {p}: {e}"))
 
 
 @app.command("models")
@@ -416,6 +438,7 @@ def bench_cmd(
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0),
     memory: str = typer.Option("", "--memory", help="SMALL,LARGE: RSS growth between scoring SMALL and LARGE images, e.g. 1000,10000."),
+    num_crops: Optional[int] = typer.Option(None, "--num-crops", help="Override the model's crops per image (as in 'qfmiqm score')."),
     debug: bool = DebugOpt,
 ) -> None:
     """Throughput of the model vs its backbone's limit (ratios b/a, c/a), peak RSS and memory growth."""
@@ -431,9 +454,35 @@ def bench_cmd(
         if mem is not None and len(mem) != 2:
             raise UsageError("--memory takes two numbers: SMALL,LARGE")
         m = load_model_quietly(model, device=device)
+        if num_crops is not None:
+            m.card = _with_crops(m.card, num_crops)
         result = run_bench(m, images=images, batch_size=batch_size, size=(w, h), workers=workers, memory_images=mem)
         for line in result.lines():
             typer.echo(line)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Option("default", "--model", "-m", help="Model name (see 'qfmiqm models') or .safetensors checkpoint."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format: onnx."),
+    out: str = typer.Option(..., "--out", "-o", help="File to write (.onnx)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version (17 to 20)."),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="ImageNet weights file for backbones without packaged weights."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled (non-safetensors) weight files."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Export a model to ONNX (dynamic batch; model card in the file's metadata). See docs/export.md.
+
+    The file scores on its own (qfmiqm score --model FILE.onnx); it is written only once onnxruntime reproduces PyTorch's scores.
+
+    Exit code 0: written; 1: the export failed; 2: usage error.
+    """
+    from qfmiqm.export import export_model
+
+    with user_errors(debug):
+        result = export_model(model, out, fmt=fmt, opset=opset, backbone_weights=backbone_weights,
+                              trust_pickle=trust_pickle)
+    typer.echo(result.summary())
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from qfmiqm.data.images import DEFAULT_MAX_PIXELS, to_rgb_array
 from qfmiqm.data.transforms import InputPolicy, normalize, policy_crops
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.models.card import ModelCard
+from qfmiqm.models.onnx_net import OnnxNet, import_onnxruntime, is_onnx_path, onnx_device
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import load_net, resolve_model
 
@@ -223,7 +224,7 @@ class QualityModel:
     Scores are on a 0-100 scale, higher is better.
     """
 
-    def __init__(self, net: QualityNet, card: ModelCard, device: torch.device,
+    def __init__(self, net: QualityNet | OnnxNet, card: ModelCard, device: torch.device,
                  max_pixels: int = DEFAULT_MAX_PIXELS):
         self.net = net.to(device).eval()
         self.card = card
@@ -330,7 +331,9 @@ def load(
     trust_pickle: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> QualityModel:
-    """Load a model by zoo name or checkpoint path, ready to score."""
+    """Load a model by zoo name, checkpoint path or exported ``.onnx`` file, ready to score."""
+    if is_onnx_path(model):
+        return _load_onnx(model, device, max_pixels)
     entry = resolve_model(model)
     dev = resolve_device(device)
     net = load_net(entry, backbone_weights=os.fspath(backbone_weights) if backbone_weights else None,
@@ -338,6 +341,17 @@ def load(
     if not entry.card.trained:
         warnings.warn(untrained_warning(entry.card), UserWarning, stacklevel=2)
     return QualityModel(net, entry.card, dev, max_pixels=max_pixels)
+
+
+def _load_onnx(path: str | os.PathLike, device: str | torch.device | None, max_pixels: int) -> QualityModel:
+    """An ONNX file from ``qfmiqm export``: the graph runs in onnxruntime, the card comes from
+    the file's metadata; decoding, crops and score mapping are the same as for PyTorch models."""
+    import_onnxruntime()
+    dev = onnx_device(device, resolve_device(device))
+    net = OnnxNet(path, dev)
+    if not net.card.trained:
+        warnings.warn(untrained_warning(net.card), UserWarning, stacklevel=3)
+    return QualityModel(net, net.card, dev, max_pixels=max_pixels)
 
 
 def untrained_warning(card: ModelCard) -> str:

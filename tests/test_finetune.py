@@ -70,7 +70,7 @@ def test_frozen_batchnorm_keeps_its_statistics_in_training_mode():
     torch.manual_seed(0)
     net = QualityNet(create_backbone("efficientnet_lite0", pretrained=False), DecoderConfig())
     groups = trainable_param_groups(net, "last_n", last_n=1)
-    assert [g["name"] for g in groups] == ["head", "backbone"]
+    assert [g["name"] for g in groups] == ["head", "gate", "backbone"]
     net.train()
     frozen_bn, trained_bn = net.backbone.model.bn1, net.backbone.model.blocks[6][0].bn1
     assert not frozen_bn.training and trained_bn.training and net.head.training

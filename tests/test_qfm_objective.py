@@ -138,6 +138,36 @@ def test_gate_is_differentiable_and_changes_under_training():
         assert (g.detach() - b).abs().max() > 1e-3
 
 
+def test_gate_l1_closes_gates_the_loss_does_not_need():
+    """The sparsity pressure lowers the gate where plain training leaves it open."""
+    feats, y = _feats(), _targets()
+    means = {}
+    for l1 in (0.0, 5.0):
+        head = _head()
+        opt = torch.optim.AdamW([{"params": [p for n, p in head.named_parameters() if "gate" not in n]},
+                                 {"params": list(head.gate.parameters()), "lr": 0.2}], lr=1e-3)
+        objective = QFMObjective(QFMConfig.deiqt(gate_l1=l1))
+        for _ in range(20):
+            opt.zero_grad()
+            loss, logs = objective(head, feats, y)
+            loss.backward()
+            opt.step()
+        means[l1] = torch.cat(head.gate.gates()).mean().item()
+        assert logs["gate_mean"] == pytest.approx(means[l1], abs=0.05)
+    assert means[5.0] < means[0.0] - 0.2
+
+
+def test_gate_l1_is_off_at_zero_and_refuses_negative_weights():
+    head, feats, y = _head(), _feats(), _targets()
+    base, _ = QFMObjective(QFMConfig.deiqt())(head, feats, y)
+    same, _ = QFMObjective(QFMConfig.deiqt(gate_l1=0.0))(head, feats, y)
+    more, _ = QFMObjective(QFMConfig.deiqt(gate_l1=1.0))(head, feats, y)
+    gates = torch.cat(head.gate.gates()).mean()
+    assert torch.equal(base, same) and torch.allclose(more, base + gates)
+    with pytest.raises(UsageError, match="gate_l1"):
+        QFMConfig(gate_l1=-1.0)
+
+
 # --- DEIQT equivalence ----------------------------------------------------------------------
 
 
@@ -149,7 +179,7 @@ def test_all_components_off_is_exactly_the_deiqt_step(gate):
     loss.backward()
     plain = F.smooth_l1_loss(twin(feats), y)  # DEIQT: criterion = torch.nn.SmoothL1Loss()
     plain.backward()
-    assert torch.equal(loss, plain) and set(logs) <= {"reg", "loss", "gate_mean"}
+    assert torch.equal(loss, plain) and set(logs) <= {"reg", "loss", "gate_mean", "gate_open"}
     ours, theirs = _grads(head), _grads(twin)
     assert ours.keys() == theirs.keys() and len(ours) == len(list(head.parameters()))
     for k in ours:

@@ -8,8 +8,15 @@ the prediction is the mean over members. DEIQT shares one head across members
 (``member_heads="shared"``); ``"separate"`` gives each member its own.
 Initialisation follows DEIQT: truncated normal (std 0.02) for queries and linear weights,
 zero biases.
+
+``record_attention()`` is the opt-in way to see where the panel looks (attention maps,
+docs/attention-maps.md): while it is active, forward hooks on the cross-attention modules
+record the weights; without it no hook exists and the forward pass is the plain one.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -59,3 +66,26 @@ class AttentionPanelDecoder(nn.Module):
 
     def forward(self, global_token: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.member_scores(global_token, tokens).mean(-1)
+
+    @contextmanager
+    def record_attention(self) -> Iterator[list[torch.Tensor]]:
+        """Record the cross-attention weights of every forward pass inside the block.
+
+        Yields a list that receives, per forward pass and per layer in order, the detached
+        weights (B, heads, panel_size, N) of the panel queries over the N tokens (each row sums
+        to 1). The layer's own output is not touched (the hook recomputes the weights from the
+        same inputs), so scores are bit-identical with and without recording.
+        """
+        records: list[torch.Tensor] = []
+
+        def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: tuple) -> None:
+            # Module.forward (not __call__) so the hook does not trigger itself
+            _, weights = module.forward(*args, **{**kwargs, "need_weights": True, "average_attn_weights": False})
+            records.append(weights.detach())
+
+        handles = [layer.multihead_attn.register_forward_hook(hook, with_kwargs=True) for layer in self.layers]
+        try:
+            yield records
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -65,7 +65,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelEntry:
         if not p.is_file():
             raise UsageError(f"{p}: model file not found")
         if p.suffix.lower() != ".safetensors":
-            raise UsageError(f"{p}: models are loaded from .safetensors checkpoints (with a .json card)")
+            raise UsageError(f"{p}: models are loaded from .safetensors checkpoints (with a .json card) "
+                             "or .onnx files written by 'qfmiqm export'")
         return ModelEntry(read_checkpoint_card(p), p)
     raise UsageError(f"unknown model '{key}' (known: {', '.join(zoo) or 'none'}; or a .safetensors checkpoint path)")
 

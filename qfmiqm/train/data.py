@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -115,6 +115,37 @@ class EpochSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+class GroupedEpochSampler(EpochSampler):
+    """``EpochSampler`` whose order comes in runs of ``group_size`` items of the same content, so a
+    batch holds several versions of a few scenes (in-batch rank and matching pairs then compare
+    like with like). A run is one shuffled chunk of a content group (a group's last chunk may be
+    shorter); the runs are shuffled with seed + epoch and each process takes a contiguous slice."""
+
+    def __init__(self, groups: Sequence[str], n_items: int, world: int, rank: int, seed: int, group_size: int):
+        super().__init__(n_items, world, rank, seed)
+        self.group_size = group_size
+        _, self.group_ids = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+
+    def __iter__(self):
+        rng = np.random.default_rng(derive_seed(self.seed, "groups", self.epoch))
+        order = grouped_order(self.group_ids, len(self.dataset), self.group_size, rng)
+        order = np.concatenate([order, order[: self.total_size - len(order)]])
+        mine = order[self.rank * self.num_samples:(self.rank + 1) * self.num_samples]
+        return iter(mine[self.start:].tolist())
+
+
+def grouped_order(group_ids: np.ndarray, n_items: int, group_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``range(n_items)`` in runs of up to ``group_size`` items whose image
+    (item % len(group_ids)) shares a group id."""
+    n = len(group_ids)
+    items = np.arange(n_items)
+    runs = []
+    for g in np.unique(group_ids):
+        members = rng.permutation(items[group_ids[items % n] == g])
+        runs.extend(np.split(members, range(group_size, len(members), group_size)))
+    return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
 
 
 def extra_order(n_extra: int, seed: int, epoch: int) -> np.ndarray:

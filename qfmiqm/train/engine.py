@@ -56,7 +56,7 @@ from qfmiqm.train.checkpoint import (
 )
 from qfmiqm.train.config import to_plain
 from qfmiqm.train.data import (
-    EXTRA_FROM_TRAIN, EpochSampler, EvalCrops, RunData, TrainCrops, default_workers, derive_seed, extra_order,
+    EXTRA_FROM_TRAIN, EpochSampler, EvalCrops, GroupedEpochSampler, RunData, TrainCrops, default_workers, derive_seed, extra_order,
     load_run_data,
 )
 from qfmiqm.train.distillation import ema_update, make_teacher
@@ -233,6 +233,7 @@ class _Trainer:
             torch.backends.cudnn.benchmark = True
         self._check_backbone_weights()
         self.data: RunData = load_run_data(cfg)
+        self._epoch_sampler()  # a bad data.group_size fails now, not after feature caching
         self.net = self._build_net()
         self.base_policy = cfg.model.input.policy(self.net.backbone.mean, self.net.backbone.std)
         self.policy = self.data.train.policy(self.base_policy)
@@ -316,7 +317,7 @@ class _Trainer:
         o = self.cfg.optim
         groups = []
         for g in self.param_groups:
-            scale = 1.0 if g["name"] == "head" else o.backbone_lr_scale
+            scale = {"head": 1.0, "gate": o.gate_lr_scale}.get(g["name"], o.backbone_lr_scale)
             decay = [p for p in g["params"] if not (o.no_decay_1d and p.ndim <= 1)]
             no_decay = [p for p in g["params"] if o.no_decay_1d and p.ndim <= 1]
             for params, wd, suffix in ((decay, o.weight_decay, ""), (no_decay, 0.0, "_no_decay")):
@@ -485,8 +486,7 @@ class _Trainer:
     def _train_loop(self) -> bool:
         """Train until the last epoch; True when stopped early (max_steps or a signal)."""
         o, st = self.cfg.optim, self.state
-        sampler = EpochSampler(len(self.data.train) * self.cfg.data.repeats, self.info.world, self.info.rank,
-                               self.cfg.train.seed)
+        sampler = self._epoch_sampler()
         while st["epoch"] < o.epochs:
             epoch = st["epoch"]
             if self.cfg.train.max_steps and st["global_step"] >= self.cfg.train.max_steps:
@@ -520,6 +520,16 @@ class _Trainer:
                 return True
             self._end_epoch(epoch)
         return False
+
+    def _epoch_sampler(self) -> EpochSampler:
+        d, n_items = self.cfg.data, len(self.data.train) * self.cfg.data.repeats
+        if not d.group_size:
+            return EpochSampler(n_items, self.info.world, self.info.rank, self.cfg.train.seed)
+        if self.data.train.content is None:
+            raise UsageError(f"config: 'data.group_size' needs a dataset with a content (reference) column; "
+                             f"{self.data.train.name} has none")
+        return GroupedEpochSampler(self.data.train.content, n_items, self.info.world, self.info.rank,
+                                   self.cfg.train.seed, d.group_size)
 
     def _should_stop(self) -> bool:
         st = self.state

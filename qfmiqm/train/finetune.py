@@ -78,6 +78,11 @@ def set_backbone_mode(backbone: Backbone, mode: str = "full", last_n: int = 2) -
 
 
 def trainable_param_groups(net: QualityNet, mode: str = "full", last_n: int = 2) -> list[dict]:
-    """Head group plus the backbone group of ``mode``, ready for ``torch.optim.AdamW``."""
+    """Head group, gate group (its own learning rate: ``optim.gate_lr_scale``) and the backbone
+    group of ``mode``, ready for ``torch.optim.AdamW``."""
     net.head.requires_grad_(True)
-    return [{"name": "head", "params": list(net.head.parameters())}] + set_backbone_mode(net.backbone, mode, last_n)
+    gate = list(net.head.gate.parameters()) if net.head.gate is not None else []
+    gate_ids = {id(p) for p in gate}
+    head = [p for p in net.head.parameters() if id(p) not in gate_ids]
+    groups = [{"name": "head", "params": head}] + ([{"name": "gate", "params": gate}] if gate else [])
+    return groups + set_backbone_mode(net.backbone, mode, last_n)

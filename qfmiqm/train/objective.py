@@ -61,6 +61,8 @@ class QFMConfig:
     kd: bool = True                  # active when the batch brings extra features
     lambda_kd: float = 1.0
     ema_decay: float = 0.999         # for an EMA teacher (qfmiqm.train.distillation.ema_update)
+    # feature selection
+    gate_l1: float = 0.0             # weight of the mean gate value (a sparsity pressure; 0: off)
 
     def __post_init__(self) -> None:
         for key, table in (("match_distance", MATCH_DISTANCES), ("match_space", MATCH_SPACES),
@@ -68,7 +70,7 @@ class QFMConfig:
             if getattr(self, key) not in table:
                 raise UsageError(f"qfm.{key} must be one of {sorted(table)}, not '{getattr(self, key)}'")
         for key in ("lambda_match", "lambda_adv", "lambda_kd", "match_tau", "match_rho", "adv_rho",
-                    "reg_beta", "plcc_weight", "rank_weight"):
+                    "reg_beta", "plcc_weight", "rank_weight", "gate_l1"):
             if getattr(self, key) < 0:
                 raise UsageError(f"qfm.{key} must be >= 0, not {getattr(self, key)}")
         if not 0.0 <= self.ema_decay <= 1.0:
@@ -166,6 +168,14 @@ class QFMObjective:
             logs["kd"] = kd
 
         if head.gate is not None:
-            logs["gate_mean"] = torch.cat([g.detach() for g in head.gate.gates()]).mean()
+            gates = torch.cat(head.gate.gates())
+            if cfg.gate_l1:
+                # network-slimming style: every channel pays to stay open, so the gate keeps the
+                # channels the losses need and closes the rest (the projection after it cannot
+                # undo a closed gate for free: its weights are decayed)
+                gate_cost = gates.mean()
+                loss = loss + cfg.gate_l1 * gate_cost
+            logs["gate_mean"] = gates.detach().mean()
+            logs["gate_open"] = (gates.detach() > 0.5).float().mean()
         logs["loss"] = loss
         return loss, {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()}

@@ -56,6 +56,10 @@ class DataConfig:
     extra: Optional[str] = None
     #: the folder a CSV given as ``extra`` resolves its relative paths from
     extra_root: Optional[str] = None
+    #: batches made of runs of this many images of the same content (reference image), so that
+    #: in-batch pair losses (qfm.rank_weight) compare versions of one scene; 0: plain shuffle.
+    #: Needs a content column (synthetic sets)
+    group_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,9 @@ class OptimConfig:
     no_decay_1d: bool = True
     #: backbone learning rate = lr * this (fine-tuning only)
     backbone_lr_scale: float = 1.0
+    #: channel-gate learning rate = lr * this. The gate feeds a linear projection that can absorb
+    #: any per-channel scale, so at the head's rate it barely moves (docs/method.md)
+    gate_lr_scale: float = 1.0
     #: per process; the global batch is batch_size x world size
     batch_size: int = 16
     epochs: int = 9
@@ -239,7 +246,8 @@ def validate(cfg: TrainConfig) -> None:
     for key, value in {"optim.lr": o.lr, "optim.weight_decay": o.weight_decay, "optim.warmup_epochs": o.warmup_epochs,
                        "optim.warmup_lr": o.warmup_lr, "optim.min_lr": o.min_lr, "optim.grad_clip": o.grad_clip,
                        "train.checkpoint_every": t.checkpoint_every, "train.max_steps": t.max_steps,
-                       "train.threads": t.threads, "optim.backbone_lr_scale": o.backbone_lr_scale}.items():
+                       "train.threads": t.threads, "optim.backbone_lr_scale": o.backbone_lr_scale,
+                       "optim.gate_lr_scale": o.gate_lr_scale, "data.group_size": d.group_size}.items():
         if value < 0:
             raise UsageError(f"config: '{key}' must be >= 0, got {value}")
     if t.workers is not None and t.workers < 0:
