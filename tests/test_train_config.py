@@ -74,6 +74,7 @@ def test_inheritance_and_overrides(tmp_path):
     (["optim.gate_lr_scale=-1"], "optim.gate_lr_scale"),
     (["data.group_size=-2"], "data.group_size"),
     (["qfm.gate_l1=-0.5"], "qfm.gate_l1"),
+    (["data.group_anchor=true"], "data.group_anchor"),
 ])
 def test_bad_keys_fail_with_one_line_naming_the_key(overrides, key):
     with pytest.raises(UsageError) as err:

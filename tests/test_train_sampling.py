@@ -37,6 +37,21 @@ def test_grouped_order_covers_repeats_and_short_groups():
     assert max(len(r) for r in runs) >= 4
 
 
+def test_anchored_runs_start_with_their_scenes_pristine_image():
+    ids = np.random.default_rng(4).permutation(np.repeat(np.arange(6), 7))  # pristine + 6 versions
+    anchors = np.zeros(len(ids), dtype=bool)
+    for g in range(6):
+        anchors[np.flatnonzero(ids == g)[0]] = True
+    order = grouped_order(ids, len(ids), 4, np.random.default_rng(0), anchors)
+    assert len(order) == len(ids)
+    runs = [order[i:i + 4] for i in range(0, len(order), 4)]
+    for run in runs[:-1]:
+        assert anchors[run[0]] and not anchors[run[1:]].any() and len(set(ids[run])) == 1
+    # anchors recur in every run; the others are not repeated within the epoch
+    others = order[~anchors[order]]
+    assert len(set(others.tolist())) == len(others)
+
+
 def test_grouped_sampler_shards_resumes_and_reshuffles_per_epoch():
     shards = [GroupedEpochSampler(GROUPS, len(GROUPS), world=2, rank=r, seed=0, group_size=4) for r in (0, 1)]
     for s in shards:

@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python tools/collect_photos.py --out datasets/pristine
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 3 --seed 0
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 20 \
+  --seed 7 --types white_noise --levels 1
+python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv
 qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1
 qfmiqm train --config configs/default_model.yaml "$@"
 qfmiqm evaluate --checkpoint runs/default_model/best.safetensors --dataset datasets/synth_heldout/labels.csv \

@@ -121,31 +121,50 @@ class GroupedEpochSampler(EpochSampler):
     """``EpochSampler`` whose order comes in runs of ``group_size`` items of the same content, so a
     batch holds several versions of a few scenes (in-batch rank and matching pairs then compare
     like with like). A run is one shuffled chunk of a content group (a group's last chunk may be
-    shorter); the runs are shuffled with seed + epoch and each process takes a contiguous slice."""
+    shorter); the runs are shuffled with seed + epoch and each process takes a contiguous slice.
 
-    def __init__(self, groups: Sequence[str], n_items: int, world: int, rank: int, seed: int, group_size: int):
+    With ``anchors`` (True for a scene's pristine image) every run of a scene that has one starts
+    with it, so every batch compares pristine images with their own distorted versions. The epoch
+    keeps its length: the anchors take one slot per run, and the items that no longer fit wait
+    for a later epoch (a different random subset each time)."""
+
+    def __init__(self, groups: Sequence[str], n_items: int, world: int, rank: int, seed: int, group_size: int,
+                 anchors: Optional[Sequence[bool]] = None):
         super().__init__(n_items, world, rank, seed)
         self.group_size = group_size
         _, self.group_ids = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+        self.anchors = np.asarray(anchors, dtype=bool) if anchors is not None else None
 
     def __iter__(self):
         rng = np.random.default_rng(derive_seed(self.seed, "groups", self.epoch))
-        order = grouped_order(self.group_ids, len(self.dataset), self.group_size, rng)
+        order = grouped_order(self.group_ids, len(self.dataset), self.group_size, rng, self.anchors)
         order = np.concatenate([order, order[: self.total_size - len(order)]])
         mine = order[self.rank * self.num_samples:(self.rank + 1) * self.num_samples]
         return iter(mine[self.start:].tolist())
 
 
-def grouped_order(group_ids: np.ndarray, n_items: int, group_size: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of ``range(n_items)`` in runs of up to ``group_size`` items whose image
-    (item % len(group_ids)) shares a group id."""
+def grouped_order(group_ids: np.ndarray, n_items: int, group_size: int, rng: np.random.Generator,
+                  anchors: Optional[np.ndarray] = None) -> np.ndarray:
+    """``n_items`` positions in runs of up to ``group_size`` items whose image (item % len(group_ids))
+    shares a group id: a permutation of ``range(n_items)``, or, with ``anchors``, runs that each
+    start with one of their group's anchor items (cut back to ``n_items`` positions)."""
     n = len(group_ids)
     items = np.arange(n_items)
+    is_anchor = anchors[items % n] if anchors is not None else np.zeros(n_items, dtype=bool)
     runs = []
     for g in np.unique(group_ids):
-        members = rng.permutation(items[group_ids[items % n] == g])
-        runs.extend(np.split(members, range(group_size, len(members), group_size)))
-    return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+        mine = group_ids[items % n] == g
+        members = rng.permutation(items[mine & ~is_anchor])
+        heads = items[mine & is_anchor]
+        if not len(heads) or not len(members):
+            members = rng.permutation(items[mine])
+            runs.extend(np.split(members, range(group_size, len(members), group_size)))
+            continue
+        step = max(1, group_size - 1)
+        for chunk in np.split(members, range(step, len(members), step)):
+            runs.append(np.concatenate([[rng.choice(heads)], chunk]))
+    order = np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+    return order[:n_items]
 
 
 def extra_order(n_extra: int, seed: int, epoch: int) -> np.ndarray:

@@ -528,8 +528,15 @@ class _Trainer:
         if self.data.train.content is None:
             raise UsageError(f"config: 'data.group_size' needs a dataset with a content (reference) column; "
                              f"{self.data.train.name} has none")
+        anchors = None
+        if d.group_anchor:
+            types = self.data.train.types
+            if types is None or "pristine" not in types:
+                raise UsageError(f"config: 'data.group_anchor' needs pristine images (type 'pristine', as in "
+                                 f"'qfmiqm synth' sets) in the training set; {self.data.train.name} has none")
+            anchors = [t == "pristine" for t in types]
         return GroupedEpochSampler(self.data.train.content, n_items, self.info.world, self.info.rank,
-                                   self.cfg.train.seed, d.group_size)
+                                   self.cfg.train.seed, d.group_size, anchors)
 
     def _should_stop(self) -> bool:
         st = self.state

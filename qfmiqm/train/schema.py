@@ -60,6 +60,9 @@ class DataConfig:
     #: in-batch pair losses (qfm.rank_weight) compare versions of one scene; 0: plain shuffle.
     #: Needs a content column (synthetic sets)
     group_size: int = 0
+    #: with group_size: every run starts with its scene's pristine image (type "pristine"), so
+    #: every batch ranks pristine images against their own distorted versions
+    group_anchor: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,8 @@ def validate(cfg: TrainConfig) -> None:
                        "optim.gate_lr_scale": o.gate_lr_scale, "data.group_size": d.group_size}.items():
         if value < 0:
             raise UsageError(f"config: '{key}' must be >= 0, got {value}")
+    if d.group_anchor and not d.group_size:
+        raise UsageError("config: 'data.group_anchor' needs 'data.group_size' (the runs it anchors)")
     if t.workers is not None and t.workers < 0:
         raise UsageError(f"config: 'train.workers' must be >= 0, got {t.workers}")
     if o.schedule not in SCHEDULES:

@@ -1,0 +1,36 @@
+"""Write the default model's training list: every row of the synthetic set plus the pristine rows
+of an extra set of pristine crops (more examples of undistorted content, label 100).
+
+    python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv
+
+Paths in the output are relative to the output's folder (the data root of the training config).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+from qfmiqm.files import write_text_atomic
+
+
+def rows(folder: Path, root: Path, pristine_only: bool) -> list[list[str]]:
+    with open(folder / "labels.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        prefix = folder.resolve().relative_to(root.resolve())
+        return [[str(prefix / r["path"]), str(prefix / r["reference"]), r["type"], r["level"], r["score"]]
+                for r in reader if not pristine_only or r["type"] == "pristine"]
+
+
+def main(synth: str, pristine: str, out: str) -> None:
+    root = Path(out).parent
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "reference", "type", "level", "score"])
+    w.writerows(rows(Path(synth), root, False) + rows(Path(pristine), root, True))
+    write_text_atomic(out, buf.getvalue())
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
