@@ -37,6 +37,13 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         raise
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
+    """Write bytes atomically; returns the final path."""
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
     """Write UTF-8 text atomically; returns the final path."""
     with atomic_path(path, durable) as tmp:

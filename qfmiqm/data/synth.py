@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import re
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from scipy import ndimage
 
 from qfmiqm.data.distortions import DISTORTIONS, LEVELS, available_names, get_distortion
 from qfmiqm.errors import ImageError, UsageError
+from qfmiqm.files import write_bytes_atomic
 
 # --- defaults (the one place they live) ----------------------------------------------------
 
@@ -373,22 +373,10 @@ def _prepare(img: np.ndarray) -> np.ndarray:
 # --- files ---------------------------------------------------------------------------------
 
 def _atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader (or a rerun) sees the
-    whole file or none. ``durable`` also fsyncs (labels, manifest); images skip it for speed,
-    since a kill cannot tear a rename and only a power cut could lose recent images."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A reader (or a rerun) sees the whole file or none. ``durable`` also fsyncs (labels,
+    manifest); images skip it for speed, since a kill cannot tear a rename and only a power cut
+    could lose recent images."""
+    write_bytes_atomic(path, data, durable)
 
 
 def _encode(img: np.ndarray, fmt: OutputFormat) -> bytes:

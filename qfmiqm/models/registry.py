@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from qfmiqm.errors import UsageError, WeightsError
+from qfmiqm.files import atomic_path
 from qfmiqm.models.backbones import create_backbone, get_backbone_spec
 from qfmiqm.models.card import ModelCard
 from qfmiqm.models.qfm import QualityNet
@@ -121,10 +122,8 @@ def save_model(net: QualityNet, card: ModelCard, path: str | os.PathLike) -> Mod
     card = replace(card, weights_sha256=None)  # a file cannot carry its own hash
     module = net if card.includes_backbone else net.head
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    tmp = Path(f"{path}.tmp")
-    save_file(state, str(tmp), metadata={CARD_METADATA_KEY: card.to_json()})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={CARD_METADATA_KEY: card.to_json()})
     card = replace(card, weights_sha256=sha256_file(path))
     card.write(path.with_suffix(".json"))
     return card

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -38,6 +37,7 @@ from qfmiqm.data.images import open_image
 from qfmiqm.models.backbones import BackboneFeatures
 from qfmiqm.models.features import feature_levels, from_levels
 from qfmiqm.models.qfm import QualityNet
+from qfmiqm.files import atomic_path
 from qfmiqm.train.data import derive_seed
 
 CACHE_FORMAT = 1
@@ -278,15 +278,8 @@ class FeatureCache:
         for row, j in enumerate(crops):
             for lv, t in enumerate(levels):
                 tensors[f"{j}/{lv}"] = t[row].to(self.dtype).contiguous().cpu()
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(file) as tmp:
+            save_file(tensors, str(tmp))
 
     def _load(self, files: list[Path], crops: list[int]) -> CachedFeatures:
         first = self._read(files[0])
