@@ -24,7 +24,7 @@ from qfmiqm.errors import QfmiqmError, UsageError
 from qfmiqm.files import atomic_path
 from qfmiqm.models.backbones import BackboneFeatures
 from qfmiqm.models.onnx_net import (
-    INSTALL_HINT, ONNX_CARD_KEY, ONNX_VERSION_KEY, OnnxNet, import_onnxruntime, is_onnx_path,
+    INSTALL_HINT, ONNX_CARD_KEY, ONNX_VERSION_KEY, OnnxNet, first_line, import_onnxruntime, is_onnx_path,
 )
 from qfmiqm.models.qfm import QualityNet
 
@@ -155,7 +155,7 @@ def export_model(
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and friends
-        raise ExportError(f"the exported graph is not valid ONNX ({_first_line(exc)})") from None
+        raise ExportError(f"the exported graph is not valid ONNX ({first_line(exc)})") from None
     with atomic_path(out) as tmp:
         onnx.save_model(proto, str(tmp))
         diff = _check_against_torch(tmp, qm.net, card.score.scale, size)
@@ -178,7 +178,7 @@ def _trace(wrapped: nn.Module, size: int, opset: int) -> bytes:
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types for unsupported ops
-        raise ExportError(f"torch.onnx.export failed ({_first_line(exc)})") from None
+        raise ExportError(f"torch.onnx.export failed ({first_line(exc)})") from None
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return buf.getvalue()
@@ -229,8 +229,3 @@ def _check_against_torch(path: Path, net: nn.Module, scale: float, size: int) ->
     if not diff <= CHECK_TOLERANCE:
         raise ExportError(f"onnxruntime and PyTorch disagree by {diff:.3g} points (tolerance {CHECK_TOLERANCE})")
     return diff
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -244,14 +244,19 @@ class QualityModel:
     def __repr__(self) -> str:
         return f"QualityModel(name={self.name!r}, backbone={self.card.backbone!r}, device={str(self.device)!r})"
 
+    def network_input(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 crops (..., 3, S, S) -> normalised float crops on the model's device, in the
+        memory layout its network runs fastest with."""
+        x = normalize(crops.to(self.device, non_blocking=True), self.policy)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     @torch.inference_mode()
     def raw_scores(self, crops: torch.Tensor) -> torch.Tensor:
         """uint8 crops (N, K, 3, S, S) -> raw head outputs (N,), averaged over the K crops."""
         n, k = crops.shape[:2]
-        x = normalize(crops.to(self.device, non_blocking=True).flatten(0, 1), self.policy)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).float().view(n, k).mean(dim=1).cpu()
+        return self.net(self.network_input(crops.flatten(0, 1))).float().view(n, k).mean(dim=1).cpu()
 
     def iter_scores(
         self,

@@ -100,8 +100,12 @@ def policy_crops(img: np.ndarray, policy: InputPolicy) -> torch.Tensor:
     """
     img = resize_for_policy(img, policy)
     h, w = img.shape[:2]
-    s = policy.size
-    crops = [img[y:y + s, x:x + s] for y, x in crop_offsets(policy.num_crops, h, w, s)]
+    return cut_crops(img, crop_offsets(policy.num_crops, h, w, policy.size), policy.size)
+
+
+def cut_crops(img: np.ndarray, offsets: list[tuple[int, int]], size: int) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> uint8 tensor (K, 3, size, size) of the crops at top-left ``offsets``."""
+    crops = [img[y:y + size, x:x + size] for y, x in offsets]
     return torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).contiguous()
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from qfmiqm.data.images import to_rgb_array
-from qfmiqm.data.transforms import crop_offsets, normalize, resize_for_policy
+from qfmiqm.data.transforms import crop_offsets, cut_crops, resize_for_policy
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.files import atomic_path
 from qfmiqm.models.qfm import QualityNet
@@ -117,10 +117,7 @@ def attention_map(model: QualityModel, item: Any) -> AttentionMap:
     h, w = img.shape[:2]
     s = policy.size
     offsets = crop_offsets(policy.num_crops, h, w, s)
-    crops = torch.from_numpy(np.ascontiguousarray(np.stack([img[y:y + s, x:x + s] for y, x in offsets])))
-    x = normalize(crops.permute(0, 3, 1, 2).contiguous().to(model.device), policy)  # as policy_crops
-    if model.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = model.network_input(cut_crops(img, offsets, s))
     with torch.inference_mode():
         raw, maps = crop_attention(model.net, x)
     score = model.card.score.apply(float(raw.float().mean()))

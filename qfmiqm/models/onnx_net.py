@@ -35,6 +35,12 @@ def is_onnx_path(model: str | os.PathLike) -> bool:
     return Path(os.fspath(model)).suffix.lower() == ONNX_SUFFIX
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (onnx, onnxruntime and the exporter write pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def import_onnxruntime() -> Any:
     """onnxruntime, or a one-line UsageError telling how to install it."""
     try:
@@ -123,8 +129,7 @@ def _open_session(path: Path, device: torch.device) -> Any:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers,
                                     provider_options=_provider_options(providers, device))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: corrupted or not an ONNX model ({first})") from None
+        raise WeightsError(f"{path}: corrupted or not an ONNX model ({first_line(exc)})") from None
 
 
 def _card_from_session(session: Any, path: Path) -> ModelCard:

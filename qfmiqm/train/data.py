@@ -148,12 +148,13 @@ def grouped_order(group_ids: np.ndarray, n_items: int, group_size: int, rng: np.
     """``n_items`` positions in runs of up to ``group_size`` items whose image (item % len(group_ids))
     shares a group id: a permutation of ``range(n_items)``, or, with ``anchors``, runs that each
     start with one of their group's anchor items (cut back to ``n_items`` positions)."""
-    n = len(group_ids)
     items = np.arange(n_items)
-    is_anchor = anchors[items % n] if anchors is not None else np.zeros(n_items, dtype=bool)
+    image = items % len(group_ids)
+    item_groups = group_ids[image]
+    is_anchor = anchors[image] if anchors is not None else np.zeros(n_items, dtype=bool)
     runs = []
     for g in np.unique(group_ids):
-        mine = group_ids[items % n] == g
+        mine = item_groups == g
         members = rng.permutation(items[mine & ~is_anchor])
         heads = items[mine & is_anchor]
         if not len(heads) or not len(members):

@@ -233,7 +233,7 @@ class _Trainer:
             torch.backends.cudnn.benchmark = True
         self._check_backbone_weights()
         self.data: RunData = load_run_data(cfg)
-        self._epoch_sampler()  # a bad data.group_size fails now, not after feature caching
+        self.sampler = self._epoch_sampler()  # built now: a bad data.group_size fails before feature caching
         self.net = self._build_net()
         self.base_policy = cfg.model.input.policy(self.net.backbone.mean, self.net.backbone.std)
         self.policy = self.data.train.policy(self.base_policy)
@@ -486,7 +486,7 @@ class _Trainer:
     def _train_loop(self) -> bool:
         """Train until the last epoch; True when stopped early (max_steps or a signal)."""
         o, st = self.cfg.optim, self.state
-        sampler = self._epoch_sampler()
+        sampler = self.sampler
         while st["epoch"] < o.epochs:
             epoch = st["epoch"]
             if self.cfg.train.max_steps and st["global_step"] >= self.cfg.train.max_steps:
