@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from qfmiqm.data.transforms import normalize, policy_crops
-from qfmiqm.scoring import QualityModel
+from qfmiqm.scoring import QualityModel, default_workers
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -30,6 +30,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 class BenchResult:
     device: str
     images: int
+    workers: int
     size: tuple[int, int]
     backbone_ips: float
     model_ips: float
@@ -40,7 +41,7 @@ class BenchResult:
     def lines(self) -> list[str]:
         w, h = self.size
         out = [
-            f"device {self.device}, {self.images} JPEG images of {w}x{h}",
+            f"device {self.device}, {self.images} JPEG images of {w}x{h}, {self.workers} decoding workers",
             f"(a) backbone, native resolution, ready tensors : {self.backbone_ips:8.1f} img/s",
             f"(b) model forward with its crop policy          : {self.model_ips:8.1f} img/s   b/a = {self.model_ips / self.backbone_ips:.2f}",
             f"(c) end to end from JPEG files (score path)     : {self.end_to_end_ips:8.1f} img/s   c/a = {self.end_to_end_ips / self.backbone_ips:.2f}",
@@ -109,6 +110,7 @@ def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size:
               workers: int | None = None, memory_images: tuple[int, int] | None = None) -> BenchResult:
     policy = model.policy
     dev = model.device
+    workers = default_workers(images, batch_size, dev) if workers is None else workers
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), images, size)
         arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
@@ -143,4 +145,4 @@ def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size:
             memory = {"small": small, "large": large, "rss_small_mb": rss_small, "rss_large_mb": rss_large,
                       "growth_pct": 100.0 * (rss_large - rss_small) / rss_small}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchResult(str(dev), images, size, images / t_a, images / t_b, images / t_c, peak, memory)
+    return BenchResult(str(dev), images, workers, size, images / t_a, images / t_b, images / t_c, peak, memory)

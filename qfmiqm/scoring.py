@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from qfmiqm.data.images import DEFAULT_MAX_PIXELS, to_rgb_array
 from qfmiqm.data.transforms import InputPolicy, normalize, policy_crops
@@ -30,6 +30,8 @@ from qfmiqm.models.registry import load_net, resolve_model
 DEFAULT_BATCH_SIZE = 16
 #: A batch wait, or an isolated single decode, that takes longer than this is given up.
 DECODE_TIMEOUT_S = 120.0
+#: decoded batches go to a CUDA device from pinned host memory
+PIN_MEMORY = True
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,40 @@ def decode_isolated(items: Sequence[Any], index: int, policy: InputPolicy, max_p
     return index, None, "the image decoder stopped without a result"
 
 
-def _keep_list(batch: list) -> list:
-    return batch
+def _stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack crops; in a DataLoader worker, straight into shared memory (as torch's own
+    default_collate does), which spares the copy into shared memory when the batch is sent."""
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first.untyped_storage()._new_shared(len(tensors) * first.numel() * first.element_size())
+    out = first.new(storage).view(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
+
+
+@dataclass
+class DecodedBatch:
+    """Decoded items of one batch, in input order: the crops of the items that decoded, stacked
+    into one tensor (one shared-memory transfer from a worker and one pinned copy, instead of one
+    per image), and the reasons of those that did not."""
+
+    indices: list[int]
+    crops: torch.Tensor | None
+    good: list[int]
+    errors: dict[int, str]
+
+    @classmethod
+    def collate(cls, decoded: list[tuple[int, torch.Tensor | None, str | None]]) -> "DecodedBatch":
+        good = [(i, c) for i, c, err in decoded if err is None]
+        return cls(indices=[i for i, _, _ in decoded],
+                   crops=_stack_for_transfer([c for _, c in good]) if good else None,
+                   good=[i for i, _ in good],
+                   errors={i: err for i, _, err in decoded if err is not None})
+
+    def pin_memory(self) -> "DecodedBatch":
+        # called by DataLoader's pinning thread (pin_memory=True on CUDA)
+        crops = self.crops.pin_memory() if self.crops is not None else None
+        return DecodedBatch(self.indices, crops, self.good, self.errors)
 
 
 def _is_worker_failure(exc: RuntimeError) -> bool:
@@ -197,13 +231,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def default_workers(n_items: int, batch_size: int) -> int:
+def default_workers(n_items: int, batch_size: int, device: torch.device | str = "cpu") -> int:
     """Decoding runs in worker processes (so a file that crashes the decoder costs only its own
-    result), as many as there are batches to overlap, at most 4 and at most the CPU count."""
+    result), as many as there are batches to overlap. On CPU at most 4, since the model's forward
+    needs the cores too; on a GPU decoding is the bottleneck, so all cores but one decode."""
     if n_items <= 1:
         return 0
     batches = -(-n_items // batch_size)
-    return max(1, min(4, os.cpu_count() or 1, batches))
+    cores = os.cpu_count() or 1
+    cap = max(1, cores - 1) if torch.device(device).type == "cuda" else min(4, cores)
+    return max(1, min(cap, batches))
 
 
 def describe_item(item: Any, index: int) -> str:
@@ -269,7 +306,7 @@ class QualityModel:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         if workers is None:
-            workers = default_workers(len(items), batch_size)
+            workers = default_workers(len(items), batch_size, self.device)
         if workers < 0:
             raise UsageError(f"workers must be 0 or more, got {workers}")
         bar = _progress_bar(len(items)) if progress and len(items) > batch_size else None
@@ -282,7 +319,7 @@ class QualityModel:
             if bar is not None:
                 bar.stop()
 
-    def _decoded_batches(self, items: Sequence[Any], batch_size: int, workers: int) -> Iterator[list]:
+    def _decoded_batches(self, items: Sequence[Any], batch_size: int, workers: int) -> Iterator[DecodedBatch]:
         """Decoded batches in input order. When a worker process dies (a file crashed or hung its
         decoder), the next batch is decoded one file per process to isolate the culprit, and a
         fresh pool of workers takes over after it."""
@@ -290,12 +327,12 @@ class QualityModel:
         while done < len(items):
             loader = DataLoader(
                 _CropDataset(items, self.policy, self.max_pixels, first=done), batch_size=batch_size,
-                num_workers=workers, collate_fn=_keep_list, pin_memory=self.device.type == "cuda",
+                num_workers=workers, collate_fn=DecodedBatch.collate, pin_memory=PIN_MEMORY and self.device.type == "cuda",
                 multiprocessing_context="fork" if workers else None,
             )
             try:
                 for batch in _guarded(loader, DECODE_TIMEOUT_S):
-                    done += len(batch)
+                    done += len(batch.indices)
                     yield batch
             except RuntimeError as exc:
                 if not _is_worker_failure(exc):
@@ -303,16 +340,15 @@ class QualityModel:
                 stop = min(done + batch_size, len(items))
                 batch = [decode_isolated(items, i, self.policy, self.max_pixels) for i in range(done, stop)]
                 done = stop
-                yield batch
+                yield DecodedBatch.collate(batch)
 
-    def _score_batch(self, items: Sequence[Any], batch: list) -> Iterator[ScoreResult]:
-        good = [(i, crops) for i, crops, err in batch if err is None]
+    def _score_batch(self, items: Sequence[Any], batch: DecodedBatch) -> Iterator[ScoreResult]:
         scores: dict[int, float] = {}
-        if good:
-            raw = self.raw_scores(torch.stack([crops for _, crops in good]))
-            scores = {i: self.card.score.apply(float(r)) for (i, _), r in zip(good, raw)}
-        for i, _, err in batch:
-            yield ScoreResult(describe_item(items[i], i), scores.get(i), err)
+        if batch.crops is not None:
+            raw = self.raw_scores(batch.crops)
+            scores = {i: self.card.score.apply(float(r)) for i, r in zip(batch.good, raw.tolist())}
+        for i in batch.indices:
+            yield ScoreResult(describe_item(items[i], i), scores.get(i), batch.errors.get(i))
 
     def score(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0) -> float | list[float]:
         """Score one image (path, PIL image, ndarray, tensor) or a list of them.

@@ -122,3 +122,43 @@ def test_checkpoint_round_trip(tmp_path, default_model, samples):
         warnings.simplefilter("ignore", UserWarning)
         alone = qfmiqm.load(path, device="cpu")
     assert alone.card.backbone == "efficientnet_lite0"
+
+
+def test_decoded_batch_stacks_the_good_crops_and_keeps_order_and_errors():
+    from qfmiqm.scoring import DecodedBatch
+
+    crop = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
+    batch = DecodedBatch.collate([(4, crop, None), (5, None, "not an image"), (6, crop + 1, None)])
+    assert batch.indices == [4, 5, 6] and batch.good == [4, 6]
+    assert batch.errors == {5: "not an image"}
+    assert batch.crops.shape == (2, 5, 3, 8, 8) and int(batch.crops[1].max()) == 1
+    assert DecodedBatch.collate([(0, None, "bad")]).crops is None
+
+
+def test_worker_batches_arrive_stacked_in_shared_memory_with_their_errors():
+    from torch.utils.data import DataLoader
+
+    from qfmiqm.scoring import DecodedBatch
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return (i, None, "bad") if i == 1 else (i, torch.full((2, 3, 4, 4), i, dtype=torch.uint8), None)
+
+    batches = list(DataLoader(Items(), batch_size=3, num_workers=1, collate_fn=DecodedBatch.collate))
+    assert [b.indices for b in batches] == [[0, 1, 2], [3, 4]]
+    assert [b.errors for b in batches] == [{1: "bad"}, {}]
+    assert all(b.crops.is_shared() for b in batches)
+    assert [b.crops[:, 0, 0, 0, 0].tolist() for b in batches] == [[0, 2], [3, 4]]
+
+
+def test_decoding_workers_use_the_cores_a_gpu_leaves_free(monkeypatch):
+    from qfmiqm.scoring import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers(1, 16) == 0                      # nothing to overlap
+    assert default_workers(10_000, 64, "cpu") == 4          # the CPU forward needs the cores too
+    assert default_workers(10_000, 64, "cuda") == 15        # a GPU leaves decoding as the bottleneck
+    assert default_workers(3 * 64, 64, "cuda") == 3         # never more workers than batches

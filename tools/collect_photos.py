@@ -4,26 +4,49 @@ packages put them and are copied into ``--out``.
 
     python tools/collect_photos.py --out datasets/pristine
 
-Sources (licences in docs/default-model.md): scikit-image's data folder, scikit-learn's and
-matplotlib's sample images, the pyiqa wheel's reference images (downloaded from PyPI with
-``pip download pyiqa --no-deps``, not installed), and Debian's mate-backgrounds nature photos
-(``apt-get install mate-backgrounds``). Whole source photos are held out for testing.
+Sources (licences in docs/default-model.md and, per photo, in ``--out``/sources.csv):
+scikit-image's data folder, scikit-learn's and matplotlib's sample images, the pyiqa wheel's
+reference images (downloaded from PyPI with ``pip download pyiqa --no-deps``, not installed),
+Debian's mate-backgrounds nature photos (``apt-get install mate-backgrounds``), and photos from
+these Debian packages, each fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into a
+temporary folder (nothing is installed): lomiri-wallpapers-16.04/-20.04, lxqt-themes,
+palapeli-data, puzzle-jigsaw, opencv-doc, plasma-workspace-wallpapers, gcompris-qt-data (photos
+inside its Qt resource bundles), scribus-template, sddm-theme-maldives and cimg-examples. Renders,
+paintings, screenshots, grayscale and blurry images in those packages are left out by name.
+Whole source photos are held out for testing.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import importlib.util
+import json
+import re
+import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
 
 #: held out from training: every synthetic image of these photos is test data
-HELD_OUT = {"coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19", "mate_Storm", "mate_YellowFlower"}
+HELD_OUT = {"coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19", "mate_Storm", "mate_YellowFlower",
+            # about 1 in 6 of the photos from the Debian packages added later, picked for varied content
+            "lomiri_picosdeeuropa", "lomiri_Wine", "lxqt_flowers", "palapeli_cincinnati-bridge",
+            "jigsaw_pexels-photo-302304", "opencv_leuvenA", "opencv_board", "plasma_EveningGlow", "scribus_pizza",
+            "gcompris_erase_gorilla", "gcompris_erase_crab", "gcompris_erase_meerkats", "gcompris_erase_toucan",
+            "gcompris_erase_kingfisher", "gcompris_monuments_tajMahal", "gcompris_monuments_hawaMahal",
+            "gcompris_monuments_colosseum", "gcompris_monuments_neuschwansteinCastle",
+            "gcompris_monuments_mountRushmore", "gcompris_monuments_canyondeChelly",
+            "gcompris_monuments_montStMichel", "gcompris_monuments_ajantaCave", "gcompris_wildlife_polar_bear",
+            "gcompris_wildlife_scarlet_macaw", "gcompris_wildlife_koala", "gcompris_farm_chicken",
+            "gcompris_farm_horse", "gcompris_music_orchestra", "gcompris_music_japan"}
+
+Photo = tuple[str, Path, str]  # (name, path, licence)
 
 
 def _package_dir(name: str) -> Path | None:
@@ -31,26 +54,26 @@ def _package_dir(name: str) -> Path | None:
     return Path(spec.origin).parent if spec and spec.origin else None
 
 
-def _skimage() -> list[tuple[str, Path, str]]:
+def _skimage() -> list[Photo]:
     base = _package_dir("skimage")
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png"]
     return [(Path(n).stem, base / "data" / n, "scikit-image data (CC0 / public domain, see skimage docstrings)")
             for n in names] if base else []
 
 
-def _sklearn() -> list[tuple[str, Path, str]]:
+def _sklearn() -> list[Photo]:
     base = _package_dir("sklearn")
     return [(n, base / "datasets" / "images" / f"{n}.jpg", "scikit-learn sample images (CC-BY, see its README)")
             for n in ("china", "flower")] if base else []
 
 
-def _matplotlib() -> list[tuple[str, Path, str]]:
+def _matplotlib() -> list[Photo]:
     base = _package_dir("matplotlib")
     return [("grace_hopper", base / "mpl-data" / "sample_data" / "grace_hopper.jpg",
              "matplotlib sample data (public domain, US Navy photo)")] if base else []
 
 
-def _mate() -> list[tuple[str, Path, str]]:
+def _mate() -> list[Photo]:
     folder = Path("/usr/share/backgrounds/mate/nature")
     if not folder.is_dir():
         print("note: apt-get install mate-backgrounds for 12 more nature photos", file=sys.stderr)
@@ -58,7 +81,7 @@ def _mate() -> list[tuple[str, Path, str]]:
     return [(f"mate_{p.stem}", p, "Debian mate-backgrounds (GPL-2+)") for p in sorted(folder.glob("*.jpg"))]
 
 
-def _pyiqa(tmp: Path) -> list[tuple[str, Path, str]]:
+def _pyiqa(tmp: Path) -> list[Photo]:
     try:
         subprocess.run([sys.executable, "-m", "pip", "download", "pyiqa==0.1.16", "--no-deps", "-q", "-d", str(tmp)],
                        check=True, capture_output=True, timeout=300)
@@ -76,12 +99,201 @@ def _pyiqa(tmp: Path) -> list[tuple[str, Path, str]]:
     return out
 
 
+def _deb(package: str, tmp: Path) -> Path | None:
+    """Download a Debian package with ``apt-get download`` and unpack it with ``dpkg -x`` (nothing is
+    installed); return the unpacked root, or None (with a note) when it cannot be had."""
+    root = tmp / package
+    if root.is_dir():
+        return root
+    try:
+        subprocess.run(["apt-get", "download", package], cwd=tmp, check=True, capture_output=True, timeout=600)
+        deb = next(tmp.glob(f"{package}_*.deb"))
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, capture_output=True, timeout=600)
+        deb.unlink()
+    except (subprocess.SubprocessError, OSError, StopIteration):
+        print(f"note: could not download or unpack the Debian package {package}; skipping its photos",
+              file=sys.stderr)
+        return None
+    return root
+
+
+def _pick(folder: Path, prefix: str, names: tuple[str, ...], licence: str) -> list[Photo]:
+    """The files in ``folder`` named in ``names`` (with extension), as ``prefix_stem`` photos."""
+    return [(f"{prefix}_{Path(n).stem}", folder / n, licence) for n in names]
+
+
+def _stanza_licences(text: str) -> dict[str, str]:
+    """Map file names to "licence, copyright holder" from Files:/License:/Copyright: stanzas, as in
+    Debian copyright files and GCompris READMEs (a Files: list may run on over the next lines)."""
+    out = {}
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, list[str]] = {}
+        key = None
+        for line in stanza.splitlines():
+            field = re.match(r"([A-Za-z-]+):\s*(.*)", line)
+            if field:
+                key = field[1].lower()
+                fields[key] = [field[2]]
+            elif key:
+                fields[key].append(line.strip())
+        if "files" in fields and "license" in fields:
+            licence = ", ".join(filter(None, [fields["license"][0], fields.get("copyright", [""])[0]]))
+            out.update((Path(f).name, licence) for f in " ".join(fields["files"]).split())
+    return out
+
+
+def _lomiri(tmp: Path) -> list[Photo]:
+    """Ubuntu Touch wallpapers: photographs, each with its own CC licence in the package's copyright."""
+    keep = {"lomiri-wallpapers-16.04": {"Bridge", "Dragonfly", "Picture_0B", "Picture_1A", "Wine", "aitzgorri", "free",
+                                        "friends", "greentock", "life", "picosdeeuropa", "seeding", "sunset"},
+            "lomiri-wallpapers-20.04": {"Kleiber"}}  # the rest are renders, an abstract texture, a painting
+    out = []
+    for package, stems in keep.items():
+        root = _deb(package, tmp)
+        if root:
+            licences = _stanza_licences((root / "usr/share/doc" / package / "copyright").read_text())
+            for photo in sorted((root / "usr/share/backgrounds").glob("*.jpg")):
+                stem = photo.stem.split("_by_")[0]
+                if stem in stems:
+                    out.append((f"lomiri_{stem}", photo, licences.get(photo.name, "see its copyright file")))
+    return out
+
+
+def _lxqt(tmp: Path) -> list[Photo]:
+    """LXQt's photographic wallpapers (the others are renders and logos)."""
+    root = _deb("lxqt-themes", tmp)
+    names = ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "appleflower.png", "beam.png",
+             "butterfly.png", "cloud.png", "drop.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")
+    return _pick(root / "usr/share/lxqt/wallpapers", "lxqt", names,
+                 "CC-BY-SA-3.0 (lxqt-themes wallpapers/License; package copyright: LGPL-2.1+)") if root else []
+
+
+def _palapeli(tmp: Path) -> list[Photo]:
+    """KDE Palapeli's jigsaw photos; licence and author from each puzzle's .desktop file."""
+    root = _deb("palapeli-data", tmp)
+    if not root:
+        return []
+    out = []
+    for photo in sorted((root / "usr/share/palapeli/collection").glob("*.jpg")):
+        info = dict(re.findall(r"X-KDE-PluginInfo-(\w+)=(.*)", photo.with_suffix(".desktop").read_text()))
+        out.append((f"palapeli_{photo.stem}", photo, f"{info.get('License', 'GPL-2+')}, {info.get('Author', '')}"))
+    return out
+
+
+def _jigsaw(tmp: Path) -> list[Photo]:
+    """The two Pexels sample photos of the puzzle-jigsaw game."""
+    root = _deb("puzzle-jigsaw", tmp)
+    return [(f"jigsaw_{p.stem}", p, "CC0-1.0 (Pexels; puzzle-jigsaw copyright)")
+            for p in sorted((root / "usr/share/puzzle-jigsaw/samples").iterdir())] if root else []
+
+
+def _opencv(tmp: Path) -> list[Photo]:
+    """OpenCV's sample-data photos (no chessboards, text, logos, renders, paintings, old noisy scans)."""
+    root = _deb("opencv-doc", tmp)
+    names = ("aero1.jpg", "aloeL.jpg", "baboon.jpg", "board.jpg", "building.jpg", "chicky_512.png", "fruits.jpg",
+             "home.jpg", "leuvenA.jpg", "rubberwhale1.png", "squirrel_cls.jpg")
+    return _pick(root / "usr/share/doc/opencv-doc/examples/data", "opencv", names,
+                 "Apache-2.0 AND BSD-3-Clause (opencv-doc copyright, Files: *)") if root else []
+
+
+def _plasma(tmp: Path) -> list[Photo]:
+    """KDE Plasma's photographic wallpapers, largest size of each; licence and author from its metadata.json."""
+    root = _deb("plasma-workspace-wallpapers", tmp)
+    if not root:
+        return []
+    out = []
+    for name in ("ColorfulCups", "EveningGlow", "FallenLeaf", "Kite", "OneStandsOut", "Path", "summer_1am"):
+        folder = root / "usr/share/wallpapers" / name
+        plugin = json.loads((folder / "metadata.json").read_text())["KPlugin"]
+        authors = ", ".join(a["Name"] for a in plugin.get("Authors", []))
+        largest = max((folder / "contents/images").iterdir(), key=lambda p: p.stat().st_size)
+        out.append((f"plasma_{name}", largest, f"{plugin.get('License', 'GPL-2+')}, {authors}"))
+    return out
+
+
+def _rcc_files(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """(path, contents) of every file in a Qt binary resource bundle (.rcc, zlib-compressed or stored)."""
+    version, tree, payload, names = struct.unpack(">4I", data[4:20])
+    entry_size = 22 if version >= 2 else 14
+
+    def name(offset: int) -> str:
+        length = struct.unpack(">H", data[names + offset:names + offset + 2])[0]
+        return data[names + offset + 6:names + offset + 6 + 2 * length].decode("utf-16-be")
+
+    def walk(index: int, prefix: str) -> Iterator[tuple[str, bytes]]:
+        entry = tree + index * entry_size
+        name_offset, flags = struct.unpack(">IH", data[entry:entry + 6])
+        path = f"{prefix}/{name(name_offset)}" if index else ""
+        if flags & 2:  # directory
+            count, first = struct.unpack(">II", data[entry + 6:entry + 14])
+            for child in range(first, first + count):
+                yield from walk(child, path)
+        else:
+            start = payload + struct.unpack(">I", data[entry + 10:entry + 14])[0]
+            blob = data[start + 4:start + 4 + struct.unpack(">I", data[start:start + 4])[0]]
+            yield path, zlib.decompress(blob[4:]) if flags & 1 else blob
+
+    return walk(0, "")
+
+
+def _gcompris(tmp: Path) -> list[Photo]:
+    """Wikimedia photos (animals, monuments, musicians) inside GCompris' activity bundles; each photo's
+    licence and author come from the README next to it."""
+    root = _deb("gcompris-qt-data", tmp)
+    if not root:
+        return []
+    activities = {"erase": "erase", "explore_monuments": "monuments", "explore_world_animals": "wildlife",
+                  "explore_farm_animals": "farm", "explore_world_music": "music"}
+    skip = {"castleClinton", "rangGhar", "owl", "cabrillo"}  # grayscale; soft, upscaled-looking; 359 px wide
+    out = []
+    for activity, label in activities.items():
+        files = dict(_rcc_files((root / "usr/share/gcompris-qt/rcc" / f"{activity}.rcc").read_bytes()))
+        licences = {}
+        for path, text in files.items():
+            if path.endswith("/README"):
+                licences.update(_stanza_licences(text.decode()))
+        for path, blob in sorted(files.items()):
+            stem = Path(path).stem
+            if path.endswith(".webp") and stem not in skip:
+                target = tmp / "gcompris" / f"{label}_{stem}.webp"
+                target.parent.mkdir(exist_ok=True)
+                target.write_bytes(blob)
+                licence = licences.get(Path(path).name, "not in its README (package: GPL-3+)")
+                out.append((f"gcompris_{label}_{stem}", target, licence))
+    return out
+
+
+def _scribus(tmp: Path) -> list[Photo]:
+    """Photos in Riku Leino's Scribus templates (canyon, city sunset, pizza)."""
+    root = _deb("scribus-template", tmp)
+    names = ("br2/nature.jpg", "br2/sunset.jpg", "menu2/pizza.jpg")
+    return _pick(root / "usr/share/scribus/templates", "scribus", names,
+                 "public domain (Riku Leino; scribus-template copyright)") if root else []
+
+
+def _sddm(tmp: Path) -> list[Photo]:
+    """The beach photo of SDDM's Maldives login theme."""
+    root = _deb("sddm-theme-maldives", tmp)
+    return [("sddm_maldives", root / "usr/share/sddm/themes/maldives/background.jpg",
+             "CC-BY-SA, Abdurrahman AVCI (theme metadata; package copyright: GPL-2+)")] if root else []
+
+
+def _cimg(tmp: Path) -> list[Photo]:
+    """The parrot photo of CImg's examples."""
+    root = _deb("cimg-examples", tmp)
+    return [("cimg_parrot", root / "usr/share/doc/cimg-dev/examples/img/parrot.ppm",
+             "CeCILL (cimg-examples copyright)")] if root else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(tmp)
+        for debian_source in (_lomiri, _lxqt, _palapeli, _jigsaw, _opencv, _plasma, _gcompris, _scribus, _sddm, _cimg):
+            sources += debian_source(tmp)
         rows = []
         for name, path, licence in sources:
             split = "heldout" if name in HELD_OUT else "train"
