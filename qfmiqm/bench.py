@@ -4,12 +4,15 @@ In one run, on the same images:
   (a) the bare backbone's forward over every pixel of each image at native resolution, from
       ready tensors: the practical limit of any model built on that backbone;
   (b) the model's own forward (backbone + gate + decoder with its crop policy) on ready crops;
-  (c) end to end from JPEG files through the same path as ``qfmiqm score`` (worker decoding).
+  (c) end to end from JPEG files through the same path as ``qfmiqm score`` (decoding in worker
+      processes, or on the device with ``--decode device``); on a GPU with nvJPEG, (c') the other
+      decoding path beside it.
 It prints images/s, the ratios b/a and c/a, peak RSS, and the RSS growth between scoring a
 small and a large number of images (a leak shows up as growth).
 """
 from __future__ import annotations
 
+import copy
 import resource
 import tempfile
 import time
@@ -20,10 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from qfmiqm.data.device_decode import device_decoder_available
 from qfmiqm.data.transforms import normalize, policy_crops
 from qfmiqm.scoring import QualityModel, default_workers
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+_WHERE = {"workers": "in the workers", "device": "on the device"}
 
 
 @dataclass
@@ -37,16 +44,23 @@ class BenchResult:
     end_to_end_ips: float
     peak_rss_mb: float
     memory: dict | None = None
+    decode: str = "workers"
+    other_decode: str | None = None
+    other_decode_ips: float | None = None
 
     def lines(self) -> list[str]:
         w, h = self.size
         out = [
-            f"device {self.device}, {self.images} JPEG images of {w}x{h}, {self.workers} decoding workers",
+            f"device {self.device}, {self.images} JPEG images of {w}x{h}, {self.workers} workers, "
+            f"JPEGs decoded {_WHERE[self.decode]}",
             f"(a) backbone, native resolution, ready tensors : {self.backbone_ips:8.1f} img/s",
             f"(b) model forward with its crop policy          : {self.model_ips:8.1f} img/s   b/a = {self.model_ips / self.backbone_ips:.2f}",
             f"(c) end to end from JPEG files (score path)     : {self.end_to_end_ips:8.1f} img/s   c/a = {self.end_to_end_ips / self.backbone_ips:.2f}",
-            f"peak RSS {self.peak_rss_mb:.0f} MB",
         ]
+        if self.other_decode_ips is not None:
+            out.append(f"(c') the same, JPEGs decoded {_WHERE[self.other_decode]:<17}: {self.other_decode_ips:8.1f} img/s   "
+                       f"c'/a = {self.other_decode_ips / self.backbone_ips:.2f}")
+        out.append(f"peak RSS {self.peak_rss_mb:.0f} MB")
         if self.memory:
             m = self.memory
             out.append(f"RSS after {m['small']} images {m['rss_small_mb']:.0f} MB, after {m['large']} images "
@@ -111,11 +125,21 @@ def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size:
     policy = model.policy
     dev = model.device
     workers = default_workers(images, batch_size, dev) if workers is None else workers
+    other = _other_decode(model)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), images, size)
-        arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
-        full = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])  # native resolution
-        crops = torch.stack([policy_crops(a, policy) for a in arrays])
+
+        def end_to_end(m: QualityModel = model):
+            for r in m.iter_scores(paths, batch_size=batch_size, workers=workers):
+                if not r.ok:
+                    raise RuntimeError(r.error)
+
+        # (c) first, while this process is as small as 'qfmiqm score' is: the ready tensors of
+        # (a) and (b) take gigabytes, and every decoding worker forked after them would copy
+        # their page tables, a cost the score path does not have (docs/speed.md)
+        t_c = _timed(end_to_end)
+        t_other = _timed(lambda: end_to_end(other)) if other is not None else None
+        full, crops = _ready_tensors(paths, policy)
         backbone = model.net.backbone
 
         @torch.inference_mode()
@@ -128,21 +152,39 @@ def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size:
             for start in range(0, images, batch_size):
                 model.raw_scores(crops[start:start + batch_size])
 
-        def end_to_end():
-            for r in model.iter_scores(paths, batch_size=batch_size, workers=workers):
-                if not r.ok:
-                    raise RuntimeError(r.error)
-
-        t_a, t_b, t_c = _timed(backbone_pass), _timed(model_pass), _timed(end_to_end)
-        memory = None
-        if memory_images:
-            small, large = memory_images
-            reps = (paths * (large // len(paths) + 1))
-            list(model.iter_scores(reps[:small], batch_size=batch_size, workers=workers))
-            rss_small = _rss_mb()
-            list(model.iter_scores(reps[:large], batch_size=batch_size, workers=workers))
-            rss_large = _rss_mb()
-            memory = {"small": small, "large": large, "rss_small_mb": rss_small, "rss_large_mb": rss_large,
-                      "growth_pct": 100.0 * (rss_large - rss_small) / rss_small}
+        t_a, t_b = _timed(backbone_pass), _timed(model_pass)
+        del full, crops
+        memory = _memory_growth(model, paths, batch_size, workers, memory_images) if memory_images else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchResult(str(dev), images, workers, size, images / t_a, images / t_b, images / t_c, peak, memory)
+    return BenchResult(str(dev), images, workers, size, images / t_a, images / t_b, images / t_c, peak, memory,
+                       decode=model.decode, other_decode=other.decode if other is not None else None,
+                       other_decode_ips=images / t_other if t_other else None)
+
+
+def _other_decode(model: QualityModel) -> QualityModel | None:
+    """On a GPU that decodes JPEG, the same model with the other decoding path, for comparison."""
+    if model.device.type != "cuda" or not device_decoder_available(model.device):
+        return None
+    other = copy.copy(model)
+    other.decode = "workers" if model.decode == "device" else "device"
+    return other
+
+
+def _ready_tensors(paths: list[str], policy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image at native resolution (N, 3, H, W) and its policy crops (N, K, 3, S, S), uint8."""
+    arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    full = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
+    crops = torch.stack([policy_crops(a, policy) for a in arrays])
+    return full, crops
+
+
+def _memory_growth(model: QualityModel, paths: list[str], batch_size: int, workers: int,
+                   memory_images: tuple[int, int]) -> dict:
+    small, large = memory_images
+    reps = paths * (large // len(paths) + 1)
+    list(model.iter_scores(reps[:small], batch_size=batch_size, workers=workers))
+    rss_small = _rss_mb()
+    list(model.iter_scores(reps[:large], batch_size=batch_size, workers=workers))
+    rss_large = _rss_mb()
+    return {"small": small, "large": large, "rss_small_mb": rss_small, "rss_large_mb": rss_large,
+            "growth_pct": 100.0 * (rss_large - rss_small) / rss_small}

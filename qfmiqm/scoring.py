@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from qfmiqm.data.device_decode import DEFAULT_DECODE, crops_on_device, direct_jpeg_bytes, resolve_decode
 from qfmiqm.data.images import DEFAULT_MAX_PIXELS, to_rgb_array
 from qfmiqm.data.transforms import InputPolicy, normalize, policy_crops
 from qfmiqm.errors import ImageError, UsageError
@@ -47,23 +48,36 @@ class ScoreResult:
         return self.error is None
 
 
-class _CropDataset(Dataset):
-    """Decodes and crops ``items[first:]``; failures are returned as messages, never raised."""
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG file's bytes (1-D uint8), to be decoded and cropped on the model's device."""
 
-    def __init__(self, items: Sequence[Any], policy: InputPolicy, max_pixels: int, first: int = 0):
+    data: torch.Tensor
+
+
+class _CropDataset(Dataset):
+    """Decodes and crops ``items[first:]`` (or, with ``direct_jpeg``, reads the bytes of JPEGs the
+    device can decode itself); failures are returned as messages, never raised."""
+
+    def __init__(self, items: Sequence[Any], policy: InputPolicy, max_pixels: int, first: int = 0,
+                 direct_jpeg: bool = False):
         self.items, self.policy, self.max_pixels, self.first = items, policy, max_pixels, first
+        self.direct_jpeg = direct_jpeg
 
     def __len__(self) -> int:
         return len(self.items) - self.first
 
-    def __getitem__(self, offset: int) -> tuple[int, torch.Tensor | None, str | None]:
-        return decode_item(self.items, self.first + offset, self.policy, self.max_pixels)
+    def __getitem__(self, offset: int) -> tuple[int, torch.Tensor | EncodedJpeg | None, str | None]:
+        return decode_item(self.items, self.first + offset, self.policy, self.max_pixels, self.direct_jpeg)
 
 
-def decode_item(items: Sequence[Any], index: int, policy: InputPolicy,
-                max_pixels: int) -> tuple[int, torch.Tensor | None, str | None]:
-    """(index, uint8 crops, None) or (index, None, reason): never raises for a bad input."""
+def decode_item(items: Sequence[Any], index: int, policy: InputPolicy, max_pixels: int,
+                direct_jpeg: bool = False) -> tuple[int, torch.Tensor | EncodedJpeg | None, str | None]:
+    """(index, uint8 crops, None), (index, EncodedJpeg, None) when ``direct_jpeg`` and the device
+    can decode the file as it is, or (index, None, reason): never raises for a bad input."""
     try:
+        if direct_jpeg and (data := direct_jpeg_bytes(items[index], policy, max_pixels)) is not None:
+            return index, EncodedJpeg(data), None
         img = to_rgb_array(items[index], max_pixels, min_short_side=policy.max_short_side)
         return index, policy_crops(img, policy), None
     except ImageError as exc:
@@ -124,29 +138,61 @@ def _stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
+def _concat_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate 1-D byte tensors; in a DataLoader worker, straight into shared memory."""
+    if get_worker_info() is None:
+        return torch.cat(tensors)
+    total = sum(t.numel() for t in tensors)
+    out = tensors[0].new(tensors[0].untyped_storage()._new_shared(total)).view(total)
+    return torch.cat(tensors, out=out)
+
+
 @dataclass
 class DecodedBatch:
     """Decoded items of one batch, in input order: the crops of the items that decoded, stacked
     into one tensor (one shared-memory transfer from a worker and one pinned copy, instead of one
-    per image), and the reasons of those that did not."""
+    per image), the bytes of the JPEGs left to the device decoder, concatenated likewise, and the
+    reasons of the items that cannot be used."""
 
     indices: list[int]
     crops: torch.Tensor | None
     good: list[int]
     errors: dict[int, str]
+    encoded: torch.Tensor | None = None
+    encoded_sizes: list[int] = field(default_factory=list)
+    encoded_good: list[int] = field(default_factory=list)
 
     @classmethod
-    def collate(cls, decoded: list[tuple[int, torch.Tensor | None, str | None]]) -> "DecodedBatch":
-        good = [(i, c) for i, c, err in decoded if err is None]
+    def collate(cls, decoded: list[tuple[int, torch.Tensor | EncodedJpeg | None, str | None]]) -> "DecodedBatch":
+        good = [(i, c) for i, c, err in decoded if err is None and not isinstance(c, EncodedJpeg)]
+        jpegs = [(i, c.data) for i, c, err in decoded if err is None and isinstance(c, EncodedJpeg)]
         return cls(indices=[i for i, _, _ in decoded],
                    crops=_stack_for_transfer([c for _, c in good]) if good else None,
                    good=[i for i, _ in good],
-                   errors={i: err for i, _, err in decoded if err is not None})
+                   errors={i: err for i, _, err in decoded if err is not None},
+                   encoded=_concat_for_transfer([d for _, d in jpegs]) if jpegs else None,
+                   encoded_sizes=[d.numel() for _, d in jpegs],
+                   encoded_good=[i for i, _ in jpegs])
+
+    def encoded_files(self) -> list[torch.Tensor]:
+        """The bytes of each JPEG left to the device decoder (views into one block)."""
+        return list(torch.split(self.encoded, self.encoded_sizes)) if self.encoded is not None else []
 
     def pin_memory(self) -> "DecodedBatch":
-        # called by DataLoader's pinning thread (pin_memory=True on CUDA)
+        # called by DataLoader's pinning thread (pin_memory=True on CUDA); the JPEG bytes are
+        # read by the decoder on the host, so they stay where they are
         crops = self.crops.pin_memory() if self.crops is not None else None
-        return DecodedBatch(self.indices, crops, self.good, self.errors)
+        return replace(self, crops=crops)
+
+
+@dataclass
+class _Launched:
+    """A batch whose forward has been started: raw outputs (on the device) in ``order``."""
+
+    indices: list[int]
+    order: list[int]
+    raw: torch.Tensor | None
+    errors: dict[int, str]
 
 
 def _is_worker_failure(exc: RuntimeError) -> bool:
@@ -262,11 +308,13 @@ class QualityModel:
     """
 
     def __init__(self, net: QualityNet | OnnxNet, card: ModelCard, device: torch.device,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = DEFAULT_DECODE):
         self.net = net.to(device).eval()
         self.card = card
         self.device = device
         self.max_pixels = max_pixels
+        self.decode = decode
+        self.decodes_on_device  # noqa: B018 - an unknown or unavailable mode fails here, not mid-batch
         if device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -281,6 +329,11 @@ class QualityModel:
     def __repr__(self) -> str:
         return f"QualityModel(name={self.name!r}, backbone={self.card.backbone!r}, device={str(self.device)!r})"
 
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether JPEG files are decoded on the model's device (see ``decode``, docs/speed.md)."""
+        return resolve_decode(self.decode, self.device)
+
     def network_input(self, crops: torch.Tensor) -> torch.Tensor:
         """uint8 crops (..., 3, S, S) -> normalised float crops on the model's device, in the
         memory layout its network runs fastest with."""
@@ -289,11 +342,14 @@ class QualityModel:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @torch.inference_mode()
     def raw_scores(self, crops: torch.Tensor) -> torch.Tensor:
         """uint8 crops (N, K, 3, S, S) -> raw head outputs (N,), averaged over the K crops."""
+        return self._raw_on_device(crops).cpu()
+
+    @torch.inference_mode()
+    def _raw_on_device(self, crops: torch.Tensor) -> torch.Tensor:
         n, k = crops.shape[:2]
-        return self.net(self.network_input(crops.flatten(0, 1))).float().view(n, k).mean(dim=1).cpu()
+        return self.net(self.network_input(crops.flatten(0, 1))).float().view(n, k).mean(dim=1)
 
     def iter_scores(
         self,
@@ -310,11 +366,19 @@ class QualityModel:
         if workers < 0:
             raise UsageError(f"workers must be 0 or more, got {workers}")
         bar = _progress_bar(len(items)) if progress and len(items) > batch_size else None
+        pending: _Launched | None = None
         try:
+            # a batch's scores are read back only after the next batch is launched, so that the
+            # host prepares batch i+1 while the device still computes batch i
             for batch in self._decoded_batches(items, batch_size, workers):
-                yield from self._score_batch(items, batch)
-                if bar is not None:
-                    bar.advance(len(batch))
+                launched = self._launch(items, batch)
+                if pending is not None:
+                    yield from self._finish(items, pending)
+                    if bar is not None:
+                        bar.advance(len(pending.indices))
+                pending = launched
+            if pending is not None:
+                yield from self._finish(items, pending)
         finally:
             if bar is not None:
                 bar.stop()
@@ -324,9 +388,11 @@ class QualityModel:
         decoder), the next batch is decoded one file per process to isolate the culprit, and a
         fresh pool of workers takes over after it."""
         done = 0
+        direct_jpeg = self.decodes_on_device
         while done < len(items):
             loader = DataLoader(
-                _CropDataset(items, self.policy, self.max_pixels, first=done), batch_size=batch_size,
+                _CropDataset(items, self.policy, self.max_pixels, first=done, direct_jpeg=direct_jpeg),
+                batch_size=batch_size,
                 num_workers=workers, collate_fn=DecodedBatch.collate, pin_memory=PIN_MEMORY and self.device.type == "cuda",
                 multiprocessing_context="fork" if workers else None,
             )
@@ -342,13 +408,33 @@ class QualityModel:
                 done = stop
                 yield DecodedBatch.collate(batch)
 
-    def _score_batch(self, items: Sequence[Any], batch: DecodedBatch) -> Iterator[ScoreResult]:
-        scores: dict[int, float] = {}
+    def _launch(self, items: Sequence[Any], batch: DecodedBatch) -> "_Launched":
+        """Start the forward of one batch (asynchronous on a GPU): the worker-decoded crops and the
+        JPEGs decoded here on the device; a JPEG the device decoder refuses goes to Pillow."""
+        order, parts = list(batch.good), []
         if batch.crops is not None:
-            raw = self.raw_scores(batch.crops)
-            scores = {i: self.card.score.apply(float(r)) for i, r in zip(batch.good, raw.tolist())}
-        for i in batch.indices:
-            yield ScoreResult(describe_item(items[i], i), scores.get(i), batch.errors.get(i))
+            parts.append(batch.crops.to(self.device, non_blocking=True))
+        errors = dict(batch.errors)
+        if batch.encoded is not None:
+            on_device = crops_on_device(batch.encoded_files(), self.policy, self.device)
+            for i, crops in zip(batch.encoded_good, on_device):
+                if crops is None:
+                    _, crops, err = decode_isolated(items, i, self.policy, self.max_pixels)
+                    if crops is None:
+                        errors[i] = err or "cannot decode image data"
+                        continue
+                order.append(i)
+                parts.append(crops.to(self.device).unsqueeze(0))
+        raw = self._raw_on_device(torch.cat(parts)) if parts else None
+        return _Launched(batch.indices, order, raw, errors)
+
+    def _finish(self, items: Sequence[Any], launched: "_Launched") -> Iterator[ScoreResult]:
+        scores: dict[int, float] = {}
+        if launched.raw is not None:
+            raw = launched.raw.cpu().tolist()
+            scores = {i: self.card.score.apply(float(r)) for i, r in zip(launched.order, raw)}
+        for i in launched.indices:
+            yield ScoreResult(describe_item(items[i], i), scores.get(i), launched.errors.get(i))
 
     def score(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0) -> float | list[float]:
         """Score one image (path, PIL image, ndarray, tensor) or a list of them.
@@ -371,20 +457,26 @@ def load(
     backbone_weights: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode: str = DEFAULT_DECODE,
 ) -> QualityModel:
-    """Load a model by zoo name, checkpoint path or exported ``.onnx`` file, ready to score."""
+    """Load a model by zoo name, checkpoint path or exported ``.onnx`` file, ready to score.
+
+    ``decode``: where JPEG files are decoded: ``workers`` (Pillow in worker processes, the
+    default) or ``device`` (the model's device: nvJPEG on CUDA; docs/speed.md).
+    """
     if is_onnx_path(model):
-        return _load_onnx(model, device, max_pixels)
+        return _load_onnx(model, device, max_pixels, decode)
     entry = resolve_model(model)
     dev = resolve_device(device)
     net = load_net(entry, backbone_weights=os.fspath(backbone_weights) if backbone_weights else None,
                    trust_pickle=trust_pickle)
     if not entry.card.trained:
         warnings.warn(untrained_warning(entry.card), UserWarning, stacklevel=2)
-    return QualityModel(net, entry.card, dev, max_pixels=max_pixels)
+    return QualityModel(net, entry.card, dev, max_pixels=max_pixels, decode=decode)
 
 
-def _load_onnx(path: str | os.PathLike, device: str | torch.device | None, max_pixels: int) -> QualityModel:
+def _load_onnx(path: str | os.PathLike, device: str | torch.device | None, max_pixels: int,
+               decode: str = DEFAULT_DECODE) -> QualityModel:
     """An ONNX file from ``qfmiqm export``: the graph runs in onnxruntime, the card comes from
     the file's metadata; decoding, crops and score mapping are the same as for PyTorch models."""
     import_onnxruntime()
@@ -392,7 +484,7 @@ def _load_onnx(path: str | os.PathLike, device: str | torch.device | None, max_p
     net = OnnxNet(path, dev)
     if not net.card.trained:
         warnings.warn(untrained_warning(net.card), UserWarning, stacklevel=3)
-    return QualityModel(net, net.card, dev, max_pixels=max_pixels)
+    return QualityModel(net, net.card, dev, max_pixels=max_pixels, decode=decode)
 
 
 def untrained_warning(card: ModelCard) -> str:

@@ -135,23 +135,40 @@ def test_decoded_batch_stacks_the_good_crops_and_keeps_order_and_errors():
     assert DecodedBatch.collate([(0, None, "bad")]).crops is None
 
 
+def test_decoded_batch_keeps_jpeg_bytes_for_the_device_in_one_block():
+    from qfmiqm.scoring import DecodedBatch, EncodedJpeg
+
+    crop = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
+    a, b = torch.arange(7, dtype=torch.uint8), torch.arange(3, dtype=torch.uint8) + 100
+    batch = DecodedBatch.collate([(0, EncodedJpeg(a), None), (1, crop, None), (2, None, "bad"), (3, EncodedJpeg(b), None)])
+    assert batch.good == [1] and batch.encoded_good == [0, 3] and batch.errors == {2: "bad"}
+    assert batch.encoded.numel() == 10 and batch.encoded_sizes == [7, 3]
+    assert [t.tolist() for t in batch.encoded_files()] == [a.tolist(), b.tolist()]
+    assert DecodedBatch.collate([(1, crop, None)]).encoded_files() == []
+
+
 def test_worker_batches_arrive_stacked_in_shared_memory_with_their_errors():
     from torch.utils.data import DataLoader
 
-    from qfmiqm.scoring import DecodedBatch
+    from qfmiqm.scoring import DecodedBatch, EncodedJpeg
 
     class Items(torch.utils.data.Dataset):
         def __len__(self):
             return 5
 
         def __getitem__(self, i):
-            return (i, None, "bad") if i == 1 else (i, torch.full((2, 3, 4, 4), i, dtype=torch.uint8), None)
+            if i == 1:
+                return i, None, "bad"
+            if i == 2:
+                return i, EncodedJpeg(torch.full((9,), 7, dtype=torch.uint8)), None
+            return i, torch.full((2, 3, 4, 4), i, dtype=torch.uint8), None
 
     batches = list(DataLoader(Items(), batch_size=3, num_workers=1, collate_fn=DecodedBatch.collate))
     assert [b.indices for b in batches] == [[0, 1, 2], [3, 4]]
     assert [b.errors for b in batches] == [{1: "bad"}, {}]
     assert all(b.crops.is_shared() for b in batches)
-    assert [b.crops[:, 0, 0, 0, 0].tolist() for b in batches] == [[0, 2], [3, 4]]
+    assert [b.crops[:, 0, 0, 0, 0].tolist() for b in batches] == [[0], [3, 4]]
+    assert batches[0].encoded.is_shared() and batches[0].encoded_files()[0].tolist() == [7] * 9
 
 
 def test_decoding_workers_use_the_cores_a_gpu_leaves_free(monkeypatch):

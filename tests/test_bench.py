@@ -13,6 +13,8 @@ def test_bench_measures_all_three_paths_and_memory(default_model):
     assert result.memory["small"] == 4 and result.memory["large"] == 8
     text = "\n".join(result.lines())
     assert "b/a =" in text and "c/a =" in text and "growth" in text
+    assert "JPEGs decoded in the workers" in text
+    assert result.other_decode_ips is None and "(c')" not in text  # the comparison needs a GPU with nvJPEG
 
 
 def test_bench_cli_usage_errors():
