@@ -73,7 +73,7 @@ def test_scores_fall_as_distortion_grows_on_heldout_photos(default_model, heldou
 
 
 @pytest.mark.xfail(strict=True, reason="known gap of the shipped model (issue 11 stays open): 39 of the 40 "
-                   "versions score below the pristine photo; coffee at 70 % contrast scores 0.7 above it")
+                   "versions score below the pristine photo; coffee at 70 % contrast scores 0.8 above it")
 def test_pristine_scores_above_every_distorted_version(default_model, heldout_photos):
     for kind in DISTORTIONS:
         for name, photo in heldout_photos.items():

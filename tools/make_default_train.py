@@ -1,7 +1,9 @@
-"""Write the default model's training list: every row of the synthetic set plus the pristine rows
-of an extra set of pristine crops (more examples of undistorted content, label 100).
+"""Write the default model's training list: every row of the synthetic set, the pristine rows
+of an extra set of pristine crops (more examples of undistorted content, label 100), and every
+row of any further sets (e.g. more crops at the mildest levels).
 
-    python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv
+    python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv \
+        [datasets/synth_mild12 ...]
 
 Paths in the output are relative to the output's folder (the data root of the training config).
 """
@@ -23,14 +25,18 @@ def rows(folder: Path, root: Path, pristine_only: bool) -> list[list[str]]:
                 for r in reader if not pristine_only or r["type"] == "pristine"]
 
 
-def main(synth: str, pristine: str, out: str) -> None:
+def main(synth: str, pristine: str, out: str, *more: str) -> None:
     root = Path(out).parent
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "reference", "type", "level", "score"])
     w.writerows(rows(Path(synth), root, False) + rows(Path(pristine), root, True))
+    for folder in more:
+        w.writerows(rows(Path(folder), root, False))
     write_text_atomic(out, buf.getvalue())
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    main(*sys.argv[1:])
