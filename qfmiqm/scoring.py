@@ -5,6 +5,7 @@ Decoding and cropping run in DataLoader workers; a file that cannot be used beco
 """
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -127,24 +128,23 @@ def decode_isolated(items: Sequence[Any], index: int, policy: InputPolicy, max_p
     return index, None, "the image decoder stopped without a result"
 
 
-def _stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack crops; in a DataLoader worker, straight into shared memory (as torch's own
-    default_collate does), which spares the copy into shared memory when the batch is sent."""
+def _in_shared_memory_if_worker(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """An empty tensor of ``shape`` in shared memory when called in a DataLoader worker (as torch's
+    own default_collate does: the batch then leaves the worker without another copy), else None."""
     if get_worker_info() is None:
-        return torch.stack(tensors)
-    first = tensors[0]
-    storage = first.untyped_storage()._new_shared(len(tensors) * first.numel() * first.element_size())
-    out = first.new(storage).view(len(tensors), *first.shape)
-    return torch.stack(tensors, out=out)
+        return None
+    numel = math.prod(shape)
+    return like.new(like.untyped_storage()._new_shared(numel * like.element_size())).view(shape)
+
+
+def _stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack crops, in shared memory when in a worker."""
+    return torch.stack(tensors, out=_in_shared_memory_if_worker(tensors[0], (len(tensors), *tensors[0].shape)))
 
 
 def _concat_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate 1-D byte tensors; in a DataLoader worker, straight into shared memory."""
-    if get_worker_info() is None:
-        return torch.cat(tensors)
-    total = sum(t.numel() for t in tensors)
-    out = tensors[0].new(tensors[0].untyped_storage()._new_shared(total)).view(total)
-    return torch.cat(tensors, out=out)
+    """Concatenate 1-D byte tensors, in shared memory when in a worker."""
+    return torch.cat(tensors, out=_in_shared_memory_if_worker(tensors[0], (sum(t.numel() for t in tensors),)))
 
 
 @dataclass
@@ -314,7 +314,7 @@ class QualityModel:
         self.device = device
         self.max_pixels = max_pixels
         self.decode = decode
-        self.decodes_on_device  # noqa: B018 - an unknown or unavailable mode fails here, not mid-batch
+        resolve_decode(decode, device)  # an unknown or unavailable mode fails here, not mid-batch
         if device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
 
