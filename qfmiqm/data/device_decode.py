@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from qfmiqm.data.images import _check_file, _check_pixel_count
-from qfmiqm.data.transforms import MAX_ASPECT_RATIO, InputPolicy, crop_offsets
+from qfmiqm.data.transforms import MAX_ASPECT_RATIO, InputPolicy, crop_offsets, keeps_native_size
 from qfmiqm.errors import UsageError
 
 #: ``workers``: Pillow in worker processes (the default: the same pixels on every machine);
@@ -99,9 +99,9 @@ def direct_jpeg_bytes(item: Any, policy: InputPolicy, max_pixels: int) -> torch.
 
 
 def _needs_resize(size: tuple[int, int], policy: InputPolicy) -> bool:
+    # an extreme aspect ratio is refused by the Pillow path, which words the reason
     w, h = size
-    short = min(w, h)
-    return not (policy.size <= short <= policy.max_short_side) or max(w, h) > MAX_ASPECT_RATIO * short
+    return not keeps_native_size(h, w, policy) or max(w, h) > MAX_ASPECT_RATIO * min(w, h)
 
 
 def crops_on_device(encoded: Sequence[torch.Tensor], policy: InputPolicy,

@@ -60,6 +60,11 @@ class InputPolicy:
         return InputPolicy.from_dict({**self.to_dict(), **changes})
 
 
+def keeps_native_size(height: int, width: int, policy: InputPolicy) -> bool:
+    """Whether the policy uses an image of this size as it is (no resize)."""
+    return policy.size <= min(height, width) <= policy.max_short_side
+
+
 def resize_for_policy(img: np.ndarray, policy: InputPolicy) -> np.ndarray:
     """Rescale an RGB uint8 image so that size <= shorter side <= max_short_side."""
     h, w = img.shape[:2]
@@ -67,7 +72,7 @@ def resize_for_policy(img: np.ndarray, policy: InputPolicy) -> np.ndarray:
     if max(h, w) > MAX_ASPECT_RATIO * short:
         # upscaling a 1 x 50000 strip to a 224-pixel short side would need gigabytes
         raise ImageError(f"extreme aspect ratio ({w}x{h}; at most {MAX_ASPECT_RATIO}:1 is supported)")
-    if policy.size <= short <= policy.max_short_side:
+    if keeps_native_size(h, w, policy):
         return img
     target = policy.size if short < policy.size else policy.max_short_side
     scale = target / short
