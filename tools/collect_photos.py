@@ -49,20 +49,24 @@ HELD_OUT = {"coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19
 Photo = tuple[str, Path, str]  # (name, path, licence)
 
 
-def _package_dir(name: str) -> Path | None:
+def _package_dir(name: str, pip_name: str | None = None) -> Path | None:
+    """The folder of an installed package, or None with a note saying what to install."""
     spec = importlib.util.find_spec(name)
-    return Path(spec.origin).parent if spec and spec.origin else None
+    if spec and spec.origin:
+        return Path(spec.origin).parent
+    print(f"note: pip install {pip_name or name} for its sample photos; skipping them", file=sys.stderr)
+    return None
 
 
 def _skimage() -> list[Photo]:
-    base = _package_dir("skimage")
+    base = _package_dir("skimage", "scikit-image")
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png"]
     return [(Path(n).stem, base / "data" / n, "scikit-image data (CC0 / public domain, see skimage docstrings)")
             for n in names] if base else []
 
 
 def _sklearn() -> list[Photo]:
-    base = _package_dir("sklearn")
+    base = _package_dir("sklearn", "scikit-learn")
     return [(n, base / "datasets" / "images" / f"{n}.jpg", "scikit-learn sample images (CC-BY, see its README)")
             for n in ("china", "flower")] if base else []
 
