@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,10 @@ from qfmiqm.files import write_text_atomic
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+@lru_cache(maxsize=None)
 def luma_std(path: Path) -> float:
-    """Standard deviation of an image's luminance (0-255): its global contrast."""
+    """Standard deviation of an image's luminance (0-255): its global contrast (cached: a
+    reference is compared with each of its distorted versions)."""
     return float((np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) @ LUMA).std())
 
 
@@ -68,6 +71,9 @@ def main() -> None:
     ap.add_argument("--drop-contrast-raises", action="store_true",
                     help="leave out the contrast_change rows of the other sets that raise contrast")
     args = ap.parse_args()
+    for folder in [args.synth, args.pristine, *args.more, *args.reductions]:
+        if not (folder / "labels.csv").is_file():
+            ap.error(f"{folder}: no labels.csv (make the set with qfmiqm synth)")
     root = args.out.parent
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -28,11 +28,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.out.resolve().parent != args.labels.resolve().parent:
         ap.error("the output must sit in the same folder as the labels, so that its relative paths resolve")
+    if not args.labels.is_file():
+        ap.error(f"{args.labels}: no such file (make it with qfmiqm synth)")
+    photos = set(args.photos)
     with open(args.labels, newline="") as f:
         reader = csv.DictReader(f)
-        rows = [r for r in reader if Path(r["reference"]).stem in set(args.photos)]
+        rows = [r for r in reader if Path(r["reference"]).stem in photos]
         fields = reader.fieldnames
-    missing = set(args.photos) - {Path(r["reference"]).stem for r in rows}
+    missing = photos - {Path(r["reference"]).stem for r in rows}
     if missing:
         ap.error(f"{args.labels}: no rows for {', '.join(sorted(missing))}")
     buf = io.StringIO()
