@@ -33,8 +33,11 @@ from pathlib import Path
 
 from PIL import Image
 
+#: held out since the first default model: its card's held-out metric stays on these (tools/subset_labels.py)
+CARD_HELD_OUT = ("coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19", "mate_Storm",
+                 "mate_YellowFlower")
 #: held out from training: every synthetic image of these photos is test data
-HELD_OUT = {"coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19", "mate_Storm", "mate_YellowFlower",
+HELD_OUT = {*CARD_HELD_OUT,
             # about 1 in 6 of the photos from the Debian packages added later, picked for varied content
             "lomiri_picosdeeuropa", "lomiri_Wine", "lxqt_flowers", "palapeli_cincinnati-bridge",
             "jigsaw_pexels-photo-302304", "opencv_leuvenA", "opencv_board", "plasma_EveningGlow", "scribus_pizza",

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qfmiqm.data.distortions import LUMA
 from qfmiqm.files import write_text_atomic
-
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @lru_cache(maxsize=None)
@@ -51,9 +50,11 @@ def rows(folder: Path, root: Path, keep: str, drop_contrast_raises: bool = False
     def wanted(r: dict) -> bool:
         if r["type"] == "pristine":
             return True
-        if keep == "all":
-            return not (drop_contrast_raises and r["type"] == "contrast_change") or lowers_contrast(folder, r)
-        return keep == "reductions" and lowers_contrast(folder, r)
+        if keep == "pristine":
+            return False
+        if keep == "reductions" or (drop_contrast_raises and r["type"] == "contrast_change"):
+            return lowers_contrast(folder, r)
+        return True
 
     chosen = [r for r in reader if wanted(r)]
     return [[str(prefix / r["path"]), str(prefix / r["reference"]), r["type"], r["level"], r["score"]]

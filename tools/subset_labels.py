@@ -13,18 +13,16 @@ import csv
 import io
 from pathlib import Path
 
-from qfmiqm.files import write_text_atomic
+from collect_photos import CARD_HELD_OUT  # a sibling tool: python puts tools/ on the path
 
-#: the held-out photos of the first default model: the card's held-out metric stays on them
-CARD_PHOTOS = ("coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19", "mate_Storm",
-               "mate_YellowFlower")
+from qfmiqm.files import write_text_atomic
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("labels", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--photos", nargs="+", default=list(CARD_PHOTOS))
+    ap.add_argument("--photos", nargs="+", default=list(CARD_HELD_OUT))
     args = ap.parse_args()
     if args.out.resolve().parent != args.labels.resolve().parent:
         ap.error("the output must sit in the same folder as the labels, so that its relative paths resolve")

@@ -114,6 +114,9 @@ def _rgb_from_lab(lab: np.ndarray) -> np.ndarray:
         return lab2rgb(lab).astype(np.float32)
 
 
+#: BT.601 luma weights (R, G, B): the luminance every contrast- and edge-based step uses.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
 # Full-range BT.601 YCbCr (JPEG's), on [0, 1] pixels.
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
                 dtype=np.float32)
@@ -187,7 +190,7 @@ def color_shift(x: np.ndarray, shift: float, rng: np.random.Generator) -> np.nda
     with the shift (0.05 per px, at most 0.8), because past a few pixels a wider fringe alone
     stops looking worse and the misregistration has to spread to read as a stronger level.
     """
-    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gray = x @ LUMA
     edges = ndimage.gaussian_filter(np.hypot(*np.gradient(gray)), sigma=max(4.0, shift))
     lo, hi = np.percentile(edges, [1, 99])
     weight = np.clip((edges - lo) / max(hi - lo, 1e-6), min(0.8, 0.05 * shift), 1.0)
@@ -378,7 +381,7 @@ def high_sharpen(x: np.ndarray, amount: float, rng: np.random.Generator) -> np.n
 def contrast_change(x: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
     """Contrast lowered (coin flip: or raised by the inverse factor, with clipping) around the
     mean luminance; ``factor`` < 1 is the reduction."""
-    mean = float((x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).mean())
+    mean = float((x @ LUMA).mean())
     gain = factor if rng.random() < 0.5 else 1.0 / factor
     return mean + (x - mean) * gain
 

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from qfmiqm.data.distortions import DISTORTIONS, LEVELS, available_names, get_distortion
+from qfmiqm.data.distortions import DISTORTIONS, LEVELS, LUMA, available_names, get_distortion
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.files import write_bytes_atomic
 
@@ -106,7 +106,6 @@ _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
 _GMSD_C = 170.0  # Xue et al. 2014, for 0-255 images
 _GMSD_ZERO = 0.35  # GMSD at which the gradient factor reaches 0 (largest values seen are ~0.3)
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _YIQ_IQ = np.array([[0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
 _PREWITT = np.array([[1.0, 0.0, -1.0]] * 3, dtype=np.float32) / 3.0
 
@@ -181,7 +180,7 @@ def proxy_components(reference: np.ndarray, distorted: np.ndarray) -> dict[str, 
     if ref.shape != dist.shape:
         raise ValueError(f"reference {ref.shape} and distorted {dist.shape} differ in shape")
     # float32 halves the filtering time; its error (~1e-2 on 0-255^2 moments) is far below C1, C2
-    x, y = ref.astype(np.float32) @ _LUMA, dist.astype(np.float32) @ _LUMA
+    x, y = ref.astype(np.float32) @ LUMA, dist.astype(np.float32) @ LUMA
     return {
         "ms_ssim": ms_ssim(x, y),
         "gradient": max(0.0, 1.0 - gmsd(x, y) / _GMSD_ZERO),
