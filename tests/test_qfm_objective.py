@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from qfmiqm.models.features import feature_levels, from_levels, index_features, 
 from qfmiqm.models.qfm import QualityHead, QualityNet
 from qfmiqm.train.distillation import ema_update, make_teacher
 from qfmiqm.train.finetune import set_backbone_mode
-from qfmiqm.train.losses import RegressionLoss, plcc_loss, rank_loss
+from qfmiqm.train.losses import RegressionLoss, anchored_hinge, plcc_loss, rank_loss
 from qfmiqm.train.matching import NO_PARTNER, matching_loss, mine_pairs, semantic_noise
 from qfmiqm.train.objective import QFMConfig, QFMObjective
 from qfmiqm.train.perturbation import adversarial_delta, ascent_direction
@@ -290,3 +291,43 @@ def test_config_validation_and_switches():
         QFMConfig(match_distance="l3")
     with pytest.raises(UsageError, match="lambda_adv"):
         QFMConfig(lambda_adv=-1.0)
+
+
+def test_anchored_hinge_compares_each_pristine_leader_with_its_own_run_only():
+    # a batch in anchored runs: [member of a run cut off before the batch] [A: 100, 94, 97]
+    # [B: 100, 60, 80]; labels within 5 of the leader (97) are left out
+    target = torch.tensor([50.0, 100, 94, 97, 100, 60, 80])
+    pred = torch.tensor([99.0, 80, 79, 90, 70, 69, 60])
+    # pairs counted: A-94 (80 - 79 = 1), B-60 (70 - 69 = 1), B-80 (70 - 60 = 10); margin 3
+    expected = (2.0 + 2.0 + 0.0) / 3
+    assert anchored_hinge(pred, target, margin=3.0, min_gap=5.0).item() == pytest.approx(expected)
+    # the item before the first leader (scored 99, far above B's 70) is in no pair; across runs
+    # nothing is compared (A's 80 above B's 70 would not matter either way)
+    assert anchored_hinge(pred[1:], target[1:], margin=3.0, min_gap=5.0).item() == pytest.approx(expected)
+    # no pair to rank: zero, and still a graph for backward
+    lone = torch.tensor([1.0, 2.0], requires_grad=True)
+    out = anchored_hinge(lone, torch.tensor([100.0, 99.0]), margin=3.0, min_gap=5.0)
+    out.backward()
+    assert out.item() == 0.0
+
+
+def test_anchor_weight_adds_the_in_scene_hinge_and_needs_anchored_batches(tmp_path):
+    from qfmiqm.train.schema import build_train_config
+    with pytest.raises(UsageError, match="qfm.anchor_weight"):
+        build_train_config({"data": {"dataset": "x.csv"}, "qfm": {"anchor_weight": 1.0}})
+    build_train_config({"data": {"dataset": "x.csv", "group_size": 8, "group_anchor": True},
+                        "qfm": {"anchor_weight": 1.0}})
+
+
+def test_objective_adds_the_anchored_hinge_with_its_weight():
+    head, feats = _head(), _feats()
+    y = torch.tensor([100.0, 60, 70, 80, 100, 50, 65, 40])  # two anchored runs of 4
+    base = QFMConfig.deiqt()
+    with torch.no_grad():
+        pred = head(feats)
+    expected = anchored_hinge(pred, y, margin=50.0, min_gap=5.0).item()
+    assert expected > 0  # an untrained head does not put the pristine items 50 points up
+    loss0, logs0 = QFMObjective(base)(head, feats, y)
+    loss1, logs1 = QFMObjective(dataclasses.replace(base, anchor_weight=2.0, anchor_margin=50.0))(head, feats, y)
+    assert "anchor" not in logs0 and logs1["anchor"] == pytest.approx(expected, rel=1e-5)
+    assert loss1.item() == pytest.approx(loss0.item() + 2.0 * expected, rel=1e-5)

@@ -23,7 +23,7 @@ from qfmiqm.models.features import (
 )
 from qfmiqm.models.qfm import QualityHead
 from qfmiqm.train.distillation import Teacher, pseudo_labels
-from qfmiqm.train.losses import RegressionLoss
+from qfmiqm.train.losses import RegressionLoss, anchored_hinge
 from qfmiqm.train.matching import MATCH_DISTANCES, matching_loss, mine_pairs, semantic_noise
 from qfmiqm.train.perturbation import ADV_SCALES, adversarial_delta, ascent_direction
 
@@ -45,6 +45,10 @@ class QFMConfig:
     plcc_weight: float = 0.0         # weight of 1 - PLCC (0: off)
     rank_weight: float = 0.0         # weight of the pairwise rank hinge (0: off)
     rank_margin: float = 0.0         # hinge margin of the rank loss
+    anchor_weight: float = 0.0       # weight of the in-scene hinge, pristine above its versions (0: off;
+                                     # needs data.group_anchor; qfmiqm.train.losses.anchored_hinge)
+    anchor_margin: float = 3.0       # its margin
+    anchor_gap: float = 5.0          # versions labelled within this of the pristine image are left out
     # quality-aware feature matching
     match: bool = True
     lambda_match: float = 1.0
@@ -70,7 +74,7 @@ class QFMConfig:
             if getattr(self, key) not in table:
                 raise UsageError(f"qfm.{key} must be one of {sorted(table)}, not '{getattr(self, key)}'")
         for key in ("lambda_match", "lambda_adv", "lambda_kd", "match_tau", "match_rho", "adv_rho",
-                    "reg_beta", "plcc_weight", "rank_weight", "gate_l1"):
+                    "reg_beta", "plcc_weight", "rank_weight", "gate_l1", "anchor_weight", "anchor_gap"):
             if getattr(self, key) < 0:
                 raise UsageError(f"qfm.{key} must be >= 0, not {getattr(self, key)}")
         if not 0.0 <= self.ema_decay <= 1.0:
@@ -124,6 +128,10 @@ class QFMObjective:
             reg = self.reg(pred, targets)
         loss = reg
         logs: dict[str, torch.Tensor | float] = {"reg": reg}
+        if cfg.anchor_weight:
+            anchor = anchored_hinge(pred, targets, cfg.anchor_margin, cfg.anchor_gap)
+            loss = loss + cfg.anchor_weight * anchor
+            logs["anchor"] = anchor
 
         perturbed: list[BackboneFeatures] = []
         if cfg.match:

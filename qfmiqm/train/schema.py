@@ -57,11 +57,12 @@ class DataConfig:
     #: the folder a CSV given as ``extra`` resolves its relative paths from
     extra_root: Optional[str] = None
     #: batches made of runs of this many images of the same content (reference image), so that
-    #: in-batch pair losses (qfm.rank_weight) compare versions of one scene; 0: plain shuffle.
+    #: in-batch pair losses (qfm.rank_weight) meet versions of one scene; 0: plain shuffle.
     #: Needs a content column (synthetic sets)
     group_size: int = 0
     #: with group_size: every run starts with its scene's pristine image (type "pristine"), so
-    #: every batch ranks pristine images against their own distorted versions
+    #: every batch holds pristine images with their own distorted versions (qfm.anchor_weight
+    #: ranks exactly those pairs)
     group_anchor: bool = False
 
 
@@ -255,6 +256,9 @@ def validate(cfg: TrainConfig) -> None:
             raise UsageError(f"config: '{key}' must be >= 0, got {value}")
     if d.group_anchor and not d.group_size:
         raise UsageError("config: 'data.group_anchor' needs 'data.group_size' (the runs it anchors)")
+    if cfg.qfm.anchor_weight and not d.group_anchor:
+        raise UsageError("config: 'qfm.anchor_weight' needs batches in anchored runs: set 'data.group_size' "
+                         "and 'data.group_anchor: true'")
     if t.workers is not None and t.workers < 0:
         raise UsageError(f"config: 'train.workers' must be >= 0, got {t.workers}")
     if o.schedule not in SCHEDULES:
