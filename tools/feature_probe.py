@@ -3,8 +3,9 @@ does the model's head use what they carry?
 
 For each distortion type, a logistic-regression probe learns "pristine or level L" from the
 upstream features F the head reads (``head.pool`` of the backbone, averaged over the input
-policy's crops) on the scenes of one synthetic set, and is tested on the scenes of another. On
-the same test pairs the model's own scores are compared. Both are judged per scene: is the
+policy's crops) on the scenes of one synthetic set, and is tested on the scenes of another; so
+does one probe for all the listed types together. On the same test pairs the model's own scores
+are compared. Both are judged per scene: is the
 pristine image rated above its own level-L version (the question the default-model test asks)?
 
     python tools/feature_probe.py [--model default] [--train datasets/synth_default]
@@ -75,40 +76,6 @@ def pairs(scenes: dict, kind: str, level: int, read: FeatureReader) -> tuple[np.
     return np.array(feats), np.array(scores)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--train", type=Path, default=Path("datasets/synth_default"))
-    ap.add_argument("--test", type=Path, default=Path("datasets/synth_heldout"))
-    ap.add_argument("--level", type=int, default=1, choices=range(1, 6))
-    ap.add_argument("--types", default=DEFAULT_TYPES)
-    ap.add_argument("--max-scenes", type=int, default=None, help="use the first N scenes of each set (a quick look)")
-    args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    torch.set_grad_enabled(False)
-    read = FeatureReader(qfmiqm.load(args.model, device="cpu"))
-    train, test = (dict(sorted(versions_by_scene(root).items())[:args.max_scenes]) for root in (args.train, args.test))
-    print(f"probe trained on {args.train} ({len(train)} scenes), tested on {args.test} ({len(test)} scenes); "
-          f"pristine vs level {args.level}")
-    kinds = args.types.split(",")
-    data = {kind: (pairs(train, kind, args.level, read), pairs(test, kind, args.level, read)) for kind in kinds}
-    data = {kind: d for kind, d in data.items() if len(d[0][0]) and len(d[1][0])}
-    # one probe for all the types together is the fair comparison with the model, which has to
-    # rank the pristine image above every kind of version with one function
-    x_all = np.concatenate([d[0][0] for d in data.values()])
-    shared = fit_probe(x_all)
-    print(f"{'type':18s} {'n':>4s}  pristine rated above its version by: a probe per type / one probe for "
-          f"all types / the model (median score gap)")
-    for kind, ((x_train, _), (x_test, s_test)) in data.items():
-        n = len(x_test)
-        per_type = rated_above(fit_probe(x_train), x_test)
-        together = rated_above(shared, x_test)
-        model = int((s_test[:, 0] > s_test[:, 1]).sum())
-        gap = float(np.median(s_test[:, 0] - s_test[:, 1]))
-        print(f"{kind:18s} {n:4d}  {share(per_type, n)}  {share(together, n)}  {share(model, n)} ({gap:+.2f})",
-              flush=True)
-
-
 def fit_probe(x_pairs: np.ndarray, c: float = 0.05) -> Callable[[np.ndarray], np.ndarray]:
     """L2-regularised logistic regression, pristine (1) against version (0), on (n, 2, D) pairs of
     standardised features (scikit-learn's objective with C = ``c``); returns the logit function."""
@@ -129,7 +96,7 @@ def fit_probe(x_pairs: np.ndarray, c: float = 0.05) -> Callable[[np.ndarray], np
 
     opt.step(objective)
     w, b = w.detach(), b.detach()
-    return lambda pairs: (((torch.from_numpy(pairs).double() - mean) / std) @ w + b).numpy()
+    return lambda x_new: (((torch.from_numpy(x_new).double() - mean) / std) @ w + b).numpy()
 
 
 def rated_above(probe: Callable[[np.ndarray], np.ndarray], x_pairs: np.ndarray) -> int:
@@ -140,6 +107,43 @@ def rated_above(probe: Callable[[np.ndarray], np.ndarray], x_pairs: np.ndarray) 
 
 def share(k: int, n: int) -> str:
     return f"{k:3d}/{n:<3d} ({k / n:4.0%})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--train", type=Path, default=Path("datasets/synth_default"))
+    ap.add_argument("--test", type=Path, default=Path("datasets/synth_heldout"))
+    ap.add_argument("--level", type=int, default=1, choices=range(1, 6))
+    ap.add_argument("--types", default=DEFAULT_TYPES)
+    ap.add_argument("--max-scenes", type=int, default=None, help="use the first N scenes of each set (a quick look)")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_grad_enabled(False)
+    read = FeatureReader(qfmiqm.load(args.model, device="cpu"))
+    train, test = (dict(sorted(versions_by_scene(root).items())[:args.max_scenes]) for root in (args.train, args.test))
+    print(f"probe trained on {args.train} ({len(train)} scenes), tested on {args.test} ({len(test)} scenes); "
+          f"pristine vs level {args.level}")
+    kinds = args.types.split(",")
+    data = {kind: (pairs(train, kind, args.level, read), pairs(test, kind, args.level, read)) for kind in kinds}
+    data = {kind: d for kind, d in data.items() if len(d[0][0]) and len(d[1][0])}
+    if not data:
+        sys.exit(f"error: no scene of both sets has a pristine image and a level-{args.level} version of "
+                 f"{args.types}")
+    # one probe for all the types together is the fair comparison with the model, which has to
+    # rank the pristine image above every kind of version with one function
+    x_all = np.concatenate([d[0][0] for d in data.values()])
+    shared = fit_probe(x_all)
+    print(f"{'type':18s} {'n':>4s}  pristine rated above its version by: a probe per type / one probe for "
+          f"all types / the model (median score gap)")
+    for kind, ((x_train, _), (x_test, s_test)) in data.items():
+        n = len(x_test)
+        per_type = rated_above(fit_probe(x_train), x_test)
+        together = rated_above(shared, x_test)
+        model = int((s_test[:, 0] > s_test[:, 1]).sum())
+        gap = float(np.median(s_test[:, 0] - s_test[:, 1]))
+        print(f"{kind:18s} {n:4d}  {share(per_type, n)}  {share(together, n)}  {share(model, n)} ({gap:+.2f})",
+              flush=True)
 
 if __name__ == "__main__":
     main()
