@@ -19,6 +19,7 @@ from qfmiqm.train.losses import RegressionLoss, anchored_hinge, plcc_loss, rank_
 from qfmiqm.train.matching import NO_PARTNER, matching_loss, mine_pairs, semantic_noise
 from qfmiqm.train.objective import QFMConfig, QFMObjective
 from qfmiqm.train.perturbation import adversarial_delta, ascent_direction
+from qfmiqm.train.schema import build_train_config
 
 DIMS = [24, 40, 112, 320]
 
@@ -311,8 +312,7 @@ def test_anchored_hinge_compares_each_pristine_leader_with_its_own_run_only():
     assert out.item() == 0.0
 
 
-def test_anchor_weight_adds_the_in_scene_hinge_and_needs_anchored_batches(tmp_path):
-    from qfmiqm.train.schema import build_train_config
+def test_anchor_weight_needs_anchored_batches():
     with pytest.raises(UsageError, match="qfm.anchor_weight"):
         build_train_config({"data": {"dataset": "x.csv"}, "qfm": {"anchor_weight": 1.0}})
     build_train_config({"data": {"dataset": "x.csv", "group_size": 8, "group_anchor": True},
