@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,8 @@ TOOL = ROOT / "tools" / "clipped_crops.py"
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("clipped_crops", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("clipped_crops")
 
 
 def test_clipped_share_counts_pixels_with_any_channel_at_an_end(tool):

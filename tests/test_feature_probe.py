@@ -3,7 +3,6 @@ finds a visible blur on a photo it did not see."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +11,13 @@ from PIL import Image
 
 from qfmiqm.data.distortions import distort
 
-ROOT = Path(__file__).resolve().parents[1]
 CROP = 224
 BLUR = ("gaussian_blur", 2)
 
 
 @pytest.fixture(scope="module")
-def probe_tool():
-    spec = importlib.util.spec_from_file_location("feature_probe", ROOT / "tools" / "feature_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def probe_tool(load_tool):
+    return load_tool("feature_probe")
 
 
 def _synth_set(root: Path, photos: dict[str, Path]) -> Path:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: BT.601 luma weights, as the synthetic distortions use (qfmiqm.data.distortions.LUMA)
-_LUMA = (0.299, 0.587, 0.114)
+from qfmiqm.data.distortions import LUMA  # the luminance the synthetic distortions use
+
 #: bump when the statistics change: cached features of another version are not reused
 VERSION = 1
 #: channel names, in order (docs/method.md); each is scaled to roughly unit range
@@ -46,7 +46,7 @@ class PixelStats(nn.Module):
         self.stride = stride
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("luma", torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.as_tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     @property

@@ -12,7 +12,8 @@ Files live under ``<cache_dir>/<namespace>/<view>/<hh>/<sha256>.safetensors``, o
 and view, holding tensors ``"<crop>/<level>"``. The namespace hashes everything the numbers
 depend on: backbone name and weights (a hash of its state dict), the pooling grid, the input
 policy (size, max_short_side, mean, std, dataset preprocessing), the flip probability, dtype and
-a format version, and the autocast dtype the backbone ran in. Each file is written to a
+a format version, the autocast dtype the backbone ran in and, for a backbone with the
+pixel-statistics level, that level's version. Each file is written to a
 temporary name and renamed, so a killed run never
 leaves a file that reads as valid; a file that fails to read is recomputed.
 """
