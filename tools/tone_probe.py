@@ -51,14 +51,14 @@ def reduction_pairs(root: Path, levels: list[int]) -> np.ndarray:
     whose ``contrast_change`` version has a lower luminance spread than its pristine image."""
     pairs = []
     for versions in versions_by_scene(root).values():
-        if ("pristine", 0) not in versions:
-            continue
+        changed = [versions[("contrast_change", level)] for level in levels if ("contrast_change", level) in versions]
+        if ("pristine", 0) not in versions or not changed:
+            continue  # a pristine-only scene (e.g. extra pristine crops) is not read at all
         pristine = tonal_statistics(Image.open(versions[("pristine", 0)]))
-        for level in levels:
-            if ("contrast_change", level) in versions:
-                version = tonal_statistics(Image.open(versions[("contrast_change", level)]))
-                if version[0] < pristine[0]:
-                    pairs.append([pristine, version])
+        for path in changed:
+            version = tonal_statistics(Image.open(path))
+            if version[0] < pristine[0]:
+                pairs.append([pristine, version])
     return np.array(pairs).reshape(-1, 2, len(STATISTICS))
 
 
