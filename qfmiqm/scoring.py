@@ -343,13 +343,23 @@ class QualityModel:
         return x
 
     def raw_scores(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8 crops (N, K, 3, S, S) -> raw head outputs (N,), averaged over the K crops."""
+        """uint8 crops (N, K, 3, S, S) of N images -> raw scores (N,): the mean head output over the K
+        crops, plus the card's image-level tone term when it has one (qfmiqm/models/tone.py)."""
         return self._raw_on_device(crops).cpu()
 
     @torch.inference_mode()
     def _raw_on_device(self, crops: torch.Tensor) -> torch.Tensor:
         n, k = crops.shape[:2]
-        return self.net(self.network_input(crops.flatten(0, 1))).float().view(n, k).mean(dim=1)
+        crops = crops.to(self.device, non_blocking=True)
+        raw = self.net(self.network_input(crops.flatten(0, 1))).float().view(n, k).mean(dim=1)
+        return raw + self.tone_term(crops)
+
+    def tone_term(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 crops (N, K, 3, S, S) of N images -> the card's image-level tone term (N,), in raw
+        score points on the crops' device; zeros for a model without one."""
+        if self.card.tone is None:
+            return torch.zeros(crops.shape[0], device=crops.device)
+        return self.card.tone(crops)
 
     def iter_scores(
         self,

@@ -87,17 +87,25 @@ def test_graph_signature_opset_and_card_metadata(onnx_file):
 
 
 def test_onnxruntime_by_hand_matches_pytorch_scores(onnx_file, default_model, samples):
-    """The file alone (graph + card) reproduces the PyTorch model's 0-100 scores."""
+    """The file alone (graph + card) reproduces the PyTorch model's 0-100 scores: the graph's mean
+    over the crops, plus the card's tone term of the same crops (docs/export.md)."""
+    from qfmiqm.models.tone import tone_statistics
+
     sess = _session(onnx_file)
     meta = sess.get_modelmeta().custom_metadata_map
     card = ModelCard.from_dict(json.loads(meta[ONNX_CARD_KEY]))
+    assert card.tone is not None
     paths = _paths(samples)
-    by_hand = []
+    by_hand, graph_only = [], []
     for p in paths:
         (raw,) = sess.run(None, {"crops": _crops(p, card)})
-        by_hand.append(card.score.apply(float(raw.mean())))
+        img = open_image(p, min_short_side=card.input.max_short_side)
+        z = (tone_statistics(policy_crops(img, card.input)[None])[0].double().numpy() - card.tone.mean) / card.tone.scale
+        by_hand.append(card.score.apply(float(raw.mean()) + float(z @ np.array(card.tone.weights)) + card.tone.bias))
+        graph_only.append(card.score.apply(float(raw.mean())))
     expected = default_model.score(paths)
     assert by_hand == pytest.approx(expected, abs=1e-3)
+    assert graph_only != pytest.approx(expected, abs=0.05)  # the term is not a no-op
 
 
 def test_dynamic_batch(onnx_file, samples, default_model):

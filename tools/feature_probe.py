@@ -60,7 +60,7 @@ class FeatureReader:
             head = self.model.net.head
             pooled = head.pool(self.model.net.backbone(self.model.network_input(crops)))
             feature = torch.cat([m.float().mean(0).flatten() for m in pooled.maps]).numpy()
-            raw = head.score(pooled).float().mean().item()
+            raw = (head.score(pooled).float().mean() + self.model.tone_term(crops.unsqueeze(0))[0]).item()
             self.cache[path] = (feature, self.model.card.score.apply(raw))
         return self.cache[path]
 

@@ -117,10 +117,11 @@ def attention_map(model: QualityModel, item: Any) -> AttentionMap:
     h, w = img.shape[:2]
     s = policy.size
     offsets = crop_offsets(policy.num_crops, h, w, s)
-    x = model.network_input(cut_crops(img, offsets, s))
+    crops = cut_crops(img, offsets, s)
     with torch.inference_mode():
-        raw, maps = crop_attention(model.net, x)
-    score = model.card.score.apply(float(raw.float().mean()))
+        raw, maps = crop_attention(model.net, model.network_input(crops))
+        raw = raw.float().mean() + model.tone_term(crops.unsqueeze(0).to(model.device))[0]  # as `qfmiqm score`
+    score = model.card.score.apply(float(raw))
     values, covered = place_crops(maps.cpu().numpy(), offsets, h, w)
     return AttentionMap(img, normalise(values, covered), covered, score, offsets)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from qfmiqm.data.transforms import InputPolicy
 from qfmiqm.errors import WeightsError
 from qfmiqm.files import write_text_atomic
+from qfmiqm.models.tone import ToneTerm
 
 CARD_FORMAT = 1
 
@@ -71,11 +72,14 @@ class ModelCard:
     limits: tuple[str, ...] = ()
     weights_sha256: str | None = None
     format: int = CARD_FORMAT
+    #: image-level tone term added to the mean raw score of the crops (None: no such term)
+    tone: ToneTerm | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input"] = self.input.to_dict()
         d["limits"] = list(self.limits)
+        d["tone"] = self.tone.to_dict() if self.tone is not None else None
         return d
 
     def to_json(self) -> str:
@@ -89,8 +93,9 @@ class ModelCard:
             d["decoder"] = DecoderConfig(**d.get("decoder", {}))
             d["score"] = ScoreMapping(**d.get("score", {}))
             d["limits"] = tuple(d.get("limits", ()))
+            d["tone"] = ToneTerm.from_dict(d["tone"]) if d.get("tone") is not None else None
             return cls(**d)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise WeightsError(f"{source}: invalid model card ({exc})") from None
 
     @classmethod
