@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +153,56 @@ def test_scene_pairs_keep_the_mildest_versions_of_each_type():
 
     with pytest.raises(UsageError, match="no scene"):
         scene_pairs(_Synthetic(["a", "b"], ["blur", "pristine"]))
-    # a scene of its own without versions (an extra pristine crop) gives no pairs
     with pytest.raises(UsageError, match="reference and type"):
         scene_pairs(_Synthetic(None, None))
+
+
+def test_fit_tone_tool_end_to_end(load_tool, samples, tmp_path, monkeypatch):
+    """tools/fit_tone.py on a tiny synthetic set made from two sample photos: the written model
+    keeps the head's weights, carries a term with the fit's provenance, and scores accordingly."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    import qfmiqm
+    from qfmiqm.cli import app
+    from qfmiqm.models.registry import resolve_model, zoo_entries
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("chelsea", "rocket"):
+        (src / f"{name}.jpg").write_bytes(samples[name].read_bytes())
+    synth = tmp_path / "synth"
+    result = CliRunner().invoke(app, ["synth", "--src", str(src), "--out", str(synth), "--size", "256", "--crops", "1",
+                                      "--types", "contrast_change,gaussian_blur", "--levels", "2", "--seed", "0",
+                                      "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "tone.yaml"
+    config.write_text(f"_base_: {Path(__file__).parents[1] / 'configs' / 'default_model.yaml'}\n"
+                      f"data:\n  dataset: {synth / 'labels.csv'}\ntrain:\n  cache_dir: {tmp_path / 'cache'}\n")
+    out = tmp_path / "with_tone.safetensors"
+    tool = load_tool("fit_tone")
+    monkeypatch.setattr(sys, "argv", ["fit_tone.py", "--model", "default", "--config", str(config),
+                                      "--out", str(out), "--lam", "1e-2"])
+    tool.main()
+    default = zoo_entries()["default"]
+    fitted = resolve_model(out)
+    assert fitted.card.tone is not None and fitted.card.tone.weights != default.card.tone.weights
+    assert fitted.card.metrics["tone_fit"]["pairs"] == 2 * 2 * 2  # 2 scenes x 2 types x levels 1-2
+    head = {k: v for k, v in load_file(str(out)).items()}
+    assert head.keys() == load_file(str(default.weights_path)).keys()
+    assert all(torch.equal(v, load_file(str(default.weights_path))[k]) for k, v in head.items())
+    image = str(samples["coffee"])
+    m, d = qfmiqm.load(out, device="cpu"), qfmiqm.load("default", device="cpu")
+    crops = policy_crops(np.asarray(Image.open(image).convert("RGB")), POLICY).unsqueeze(0)
+    expected = d.score(image) - float(d.tone_term(crops)[0]) + float(m.tone_term(crops)[0])
+    assert m.score(image) == pytest.approx(expected, abs=1e-3)
+
+
+def test_fit_tone_tool_refuses_bad_arguments(load_tool, monkeypatch, tmp_path):
+    tool = load_tool("fit_tone")
+    monkeypatch.setattr(sys, "argv", ["fit_tone.py", "--model", "default", "--temperature", "0"])
+    with pytest.raises(SystemExit, match="--temperature > 0"):
+        tool.main()
+    monkeypatch.setattr(sys, "argv", ["fit_tone.py", "--model", str(tmp_path / "none.safetensors")])
+    with pytest.raises(SystemExit, match="none.safetensors: model file not found"):
+        tool.main()

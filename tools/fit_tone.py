@@ -45,6 +45,13 @@ def head_scores(net, card, cfg, ds) -> np.ndarray:
 
 
 def main() -> None:
+    try:
+        fit()
+    except QfmiqmError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def fit() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="trained checkpoint (.safetensors) or zoo name")
     ap.add_argument("--config", default="configs/default_model.yaml", help="the config the model was trained with")
@@ -56,8 +63,8 @@ def main() -> None:
     if args.mildest < 0 or args.lam < 0 or args.temperature <= 0:
         sys.exit("error: --mildest and --lam must be >= 0, --temperature > 0")
     entry = resolve_model(args.model)
-    if entry.card.tone is not None:
-        sys.exit(f"error: {args.model}: the model already has a tone term")
+    if entry.card.tone is not None:  # the head's own scores are what the fit reads, so a refit replaces it
+        print(f"{args.model}: replacing its tone term")
     cfg = load_train_config(args.config)
     net = load_net(entry)
     ds = load_dataset(cfg.data.dataset, root=cfg.data.root, allow_missing=cfg.data.allow_missing)
@@ -78,7 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except QfmiqmError as exc:
-        sys.exit(f"error: {exc}")
+    main()
