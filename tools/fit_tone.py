@@ -5,7 +5,9 @@ with it: same head weights, the term in the card.
         [--config configs/default_model.yaml] [--mildest 2] [--lam 3e-4] [--temperature 3] \
         [--out runs/default_model/best_tone.safetensors]
 
-The frozen head's scores on the training images come from the run's feature cache (the mean of
+It fits on every row of the config's ``data.dataset`` (the run's validation and test scenes
+included: the held-out photos are elsewhere). The frozen head's scores come from the run's
+feature cache (the mean of
 each image's ``train.crops_per_image`` cached crops, missing crops are computed); the statistics
 are those of each image's policy crops, as in scoring. On the 2-core dev VM: about 4 minutes for
 the 21,216 images of the default recipe.
