@@ -9,8 +9,8 @@ its policy crops, added to the mean of the crops' raw scores (docs/default-model
 
 The statistics are computed in torch from the uint8 crops, on whatever device they are on, so the
 same numbers come out in training (tools/fit_tone.py), in scoring and behind an ONNX network.
-Percentiles come from 1-level histograms, which are exact to the histogram's resolution and cost a
-fraction of a sort.
+Percentiles come from histograms with ``BINS_PER_LEVEL`` bins per grey level: exact to a quarter
+grey level, at a fraction of the cost of a sort.
 """
 from __future__ import annotations
 
