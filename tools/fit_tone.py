@@ -7,9 +7,8 @@ with it: same head weights, the term in the card.
 
 It fits on every row of the config's ``data.dataset`` (the run's validation and test scenes
 included: the held-out photos are elsewhere). The frozen head's scores come from the run's
-feature cache (the mean of
-each image's ``train.crops_per_image`` cached crops, missing crops are computed); the statistics
-are those of each image's policy crops, as in scoring. On the 2-core dev VM: about 4 minutes for
+feature cache (the mean of each image's ``train.crops_per_image`` cached crops, missing crops are
+computed); the statistics are those of each image's policy crops, as in scoring. On the 2-core dev VM: about 4 minutes for
 the 21,216 images of the default recipe.
 """
 from __future__ import annotations

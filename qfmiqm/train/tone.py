@@ -19,10 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from qfmiqm.data.datasets import IQADataset
 from qfmiqm.data.images import open_image
 from qfmiqm.data.transforms import InputPolicy, policy_crops
+from qfmiqm.data.synth import PRISTINE_TYPE
 from qfmiqm.errors import UsageError
 from qfmiqm.models.tone import STATISTICS, ToneTerm, tone_statistics
-
-PRISTINE = "pristine"
 
 
 class _StatisticsOf(Dataset):
@@ -37,16 +36,12 @@ class _StatisticsOf(Dataset):
         return tone_statistics(policy_crops(img, self.policy).unsqueeze(0))[0]
 
 
-def image_statistics(ds: IQADataset, policy: InputPolicy, workers: int = 2, progress=None) -> np.ndarray:
+def image_statistics(ds: IQADataset, policy: InputPolicy, workers: int = 2) -> np.ndarray:
     """(len(ds), len(STATISTICS)) tone statistics of every image of ``ds`` over its policy crops
     (the dataset's own ``max_short_side`` applies, as in scoring)."""
     loader = DataLoader(_StatisticsOf(ds.paths, ds.policy(policy), ds.max_pixels), batch_size=64,
                         num_workers=workers, persistent_workers=False)
-    out = []
-    for batch in loader:
-        out.append(batch.numpy())
-        if progress is not None:
-            progress(len(batch))
+    out = [batch.numpy() for batch in loader]
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(STATISTICS)))
 
 
@@ -60,10 +55,10 @@ def scene_pairs(ds: IQADataset, mildest: int | None = 2) -> np.ndarray:
     """
     if ds.content is None or ds.types is None:
         raise UsageError(f"{ds.name}: fitting a tone term needs a synthetic set with reference and type columns")
-    pristine = {c: i for i, (c, t) in enumerate(zip(ds.content, ds.types)) if t == PRISTINE}
+    pristine = {c: i for i, (c, t) in enumerate(zip(ds.content, ds.types)) if t == PRISTINE_TYPE}
     groups: dict[tuple[str, str], list[int]] = {}
     for i, (c, t) in enumerate(zip(ds.content, ds.types)):
-        if t != PRISTINE and c in pristine:
+        if t != PRISTINE_TYPE and c in pristine:
             groups.setdefault((c, t), []).append(i)
     pairs = []
     for (c, _), versions in groups.items():
