@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 
 DebugOpt = typer.Option(False, "--debug", help="Show full tracebacks for errors.")
+RuntimeOpt = typer.Option("auto", "--runtime", help="auto (ONNX Runtime on CPU, PyTorch on CUDA), onnx or torch.")
 
 
 def _err(message: str) -> None:
@@ -76,7 +77,8 @@ def score(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help="Decoding worker processes (default: automatic)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
     resume: bool = typer.Option(False, "--resume", help="Keep the rows already in --output and score only the rest."),
-    num_crops: Optional[int] = typer.Option(None, "--num-crops", help="Override the model's crops per image (1, 5 or a square)."),
+    num_crops: Optional[int] = typer.Option(None, "--num-crops", help="Score N fixed crops per image instead of the model's own layout (1, 5 or a square)."),
+    runtime: str = RuntimeOpt,
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", min=1, help="Refuse images with more pixels than this."),
     backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", help="ImageNet weights file for backbones without packaged weights."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled (non-safetensors) weight files."),
@@ -104,17 +106,17 @@ def score(
             _err(f"note: {duplicates} duplicate path(s) given; each file is scored once")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            m = load(model, device=device, backbone_weights=backbone_weights,
-                     trust_pickle=trust_pickle, max_pixels=max_pixels, decode=decode)
+            m = load(model, device=device, backbone_weights=backbone_weights, trust_pickle=trust_pickle,
+                     max_pixels=max_pixels, decode=decode, runtime="torch" if map_dir is not None else runtime)
         if not m.card.trained:
             _err(f"warning: {untrained_warning(m.card)}")
         if num_crops is not None:
-            m.card = _with_crops(m.card, num_crops)
+            m = _with_crops(m, num_crops)
         if map_dir is not None:
             from qfmiqm.eval.attention_map import prepare_map_dir, supports_maps
 
             if not supports_maps(m):
-                raise UsageError("--map needs a PyTorch model (not ONNX)")
+                raise UsageError("--map needs a PyTorch model (a .safetensors checkpoint or zoo name, not ONNX)")
             prepare_map_dir(map_dir)
         failures, map_failures = _score_to_output(m, items, output, resume, batch_size, workers,
                                                   progress and sys.stderr.isatty(), map_dir)
@@ -126,10 +128,11 @@ def score(
         raise typer.Exit(1)
 
 
-def _with_crops(card, num_crops: int):
-    from dataclasses import replace
+def _with_crops(model, num_crops: int):
+    """``model`` scoring ``num_crops`` fixed crops per image (``--num-crops``)."""
+    from qfmiqm.scoring import with_policy
 
-    return replace(card, input=card.input.replace(num_crops=num_crops))
+    return with_policy(model, layout="crops", num_crops=num_crops)
 
 
 def _score_to_output(m, items: list[str], output: Optional[str], resume: bool, batch_size: int,
@@ -245,7 +248,7 @@ def datasets_check(
     typer.echo(report.summary())
 
 
-from qfmiqm.data import synth as _synth  # noqa: E402 - defaults for the synth command's options
+from qfmiqm.data import synth_defaults as _synth_defaults  # noqa: E402 - defaults for the synth command's options
 
 
 @app.command("synth")
@@ -253,11 +256,11 @@ def synth_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (created; a rerun continues it)."),
     src: Optional[str] = typer.Option(None, "--src", help="Folder of pristine images (default: the real photos shipped with scikit-image)."),
     types: Optional[List[str]] = typer.Option(None, "--types", "-t", help="Distortion types, comma-separated or repeated (default: all; see --list-types)."),
-    levels: str = typer.Option(str(_synth.DEFAULT_LEVELS), "--levels", help="N for levels 1..N, or a list such as 1,3,5."),
-    seed: int = typer.Option(_synth.DEFAULT_SEED, "--seed", help="Random seed (crops, noise, patch positions)."),
-    fmt: str = typer.Option(_synth.DEFAULT_FORMAT, "--format", help=f"Distorted image format: {', '.join(_synth.FORMATS)} (references are always PNG)."),
+    levels: str = typer.Option(str(_synth_defaults.DEFAULT_LEVELS), "--levels", help="N for levels 1..N, or a list such as 1,3,5."),
+    seed: int = typer.Option(_synth_defaults.DEFAULT_SEED, "--seed", help="Random seed (crops, noise, patch positions)."),
+    fmt: str = typer.Option(_synth_defaults.DEFAULT_FORMAT, "--format", help=f"Distorted image format: {', '.join(_synth_defaults.FORMAT_NAMES)} (references are always PNG)."),
     size: Optional[int] = typer.Option(None, "--size", help="Cut square crops of this side in pixels (default: whole images)."),
-    crops: int = typer.Option(_synth.DEFAULT_CROPS, "--crops", help="Crops per source: 1 = centre crop, more = random positions (needs --size)."),
+    crops: int = typer.Option(_synth_defaults.DEFAULT_CROPS, "--crops", help="Crops per source: 1 = centre crop, more = random positions (needs --size)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="First downscale sources whose longer side exceeds this many pixels."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take --src images from subfolders too."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help="Worker processes (default: one per CPU core; 0 = none)."),
@@ -270,6 +273,8 @@ def synth_cmd(
 
     Exit code 0: all done; 1: some sources or images failed (each reported, the rest written); 2: usage error.
     """
+    from qfmiqm.data import synth as _synth
+
     with user_errors(debug):
         if list_types:
             _print_distortions()
@@ -314,6 +319,7 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Evaluate on the images present when some are missing."),
+    runtime: str = RuntimeOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Evaluate a model on a labelled dataset: SRCC, PLCC (raw and fitted), KRCC, RMSE, report and plots."""
@@ -325,7 +331,7 @@ def evaluate_cmd(
         if ds.dropped:
             _err(f"note: {ds.dropped} image(s) of '{ds.name}' are missing and were left out (--allow-missing)")
         ds = select_items(ds, split_file, split_index, subset, allow_missing)
-        model = load_model_quietly(checkpoint, device=device)
+        model = load_model_quietly(checkpoint, device=device, runtime=runtime)
         result = evaluate(model, ds, out, batch_size=batch_size, workers=workers,
                           progress=sys.stderr.isatty(), on_error=lambda p, e: _err(f"error: {p}: {e}"))
         m = result.report.metrics
@@ -360,7 +366,7 @@ def diagnose_cmd(
         except ValueError:
             raise UsageError(f"--thresholds '{thresholds}': expected numbers separated by commas") from None
         ds = load_dataset(dataset, root=root, allow_missing=allow_missing)
-        model = load_model_quietly(checkpoint, device=device)
+        model = load_model_quietly(checkpoint, device=device, runtime="torch")  # it reads the network's features
         table = diagnose(model, ds, out, k=k, thresholds=levels)
         typer.echo(format_table(table))
         typer.echo(f"saved: {Path(out) / 'diagnose.json'}, {Path(out) / 'diagnose.png'}")
@@ -441,6 +447,7 @@ def bench_cmd(
     memory: str = typer.Option("", "--memory", help="SMALL,LARGE: RSS growth between scoring SMALL and LARGE images, e.g. 1000,10000."),
     num_crops: Optional[int] = typer.Option(None, "--num-crops", help="Override the model's crops per image (as in 'qfmiqm score')."),
     decode: str = typer.Option("workers", "--decode", help="Where JPEGs are decoded: workers or device (as in 'qfmiqm score')."),
+    runtime: str = RuntimeOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Throughput of the model vs its backbone's limit (ratios b/a, c/a), peak RSS and memory growth."""
@@ -455,9 +462,9 @@ def bench_cmd(
             raise UsageError(f"--size '{size}' / --memory '{memory}': expected WxH and SMALL,LARGE") from None
         if mem is not None and len(mem) != 2:
             raise UsageError("--memory takes two numbers: SMALL,LARGE")
-        m = load_model_quietly(model, device=device, decode=decode)
+        m = load_model_quietly(model, device=device, decode=decode, runtime=runtime)
         if num_crops is not None:
-            m.card = _with_crops(m.card, num_crops)
+            m = _with_crops(m, num_crops)
         result = run_bench(m, images=images, batch_size=batch_size, size=(w, h), workers=workers, memory_images=mem)
         for line in result.lines():
             typer.echo(line)

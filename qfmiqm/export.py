@@ -1,9 +1,10 @@
-"""Exporting a model to ONNX: the engine behind ``qfmiqm export``.
+"""Exporting a model to ONNX: the engine behind ``qfmiqm export`` and the ONNX Runtime cache.
 
-The graph takes normalised crops (N, 3, S, S) float32 (S: the card's ``input.size``, normalised
-as ``qfmiqm.data.transforms.normalize`` does) and returns raw head scores (N,), with a dynamic
-batch dimension N. The model card travels in the file's ``metadata_props`` (``qfmiqm.card``),
-so the .onnx file alone is enough to score it (``qfmiqm score --model F.onnx``). See docs/export.md.
+The graph (qfmiqm.models.graph.ScoringGraph) takes uint8 views (N, H, W, 3) with dynamic N, H
+and W, normalises them itself and returns raw head scores (N,). The model card travels in the
+file's ``metadata_props`` (``qfmiqm.card``), so the .onnx file alone is enough to score it
+(``qfmiqm score --model F.onnx``); the tone term and the score mapping are applied from the card
+(qfmiqm.scoring). See docs/export.md.
 """
 from __future__ import annotations
 
@@ -22,23 +23,23 @@ from torch import nn
 
 from qfmiqm.errors import QfmiqmError, UsageError
 from qfmiqm.files import atomic_path
-from qfmiqm.models.backbones import BackboneFeatures
-from qfmiqm.models.onnx_net import (
-    INSTALL_HINT, ONNX_CARD_KEY, ONNX_VERSION_KEY, OnnxNet, first_line, import_onnxruntime, is_onnx_path,
+from qfmiqm.models.card import ModelCard
+from qfmiqm.models.registry import ModelEntry
+from qfmiqm.models.graph import ScoringGraph
+from qfmiqm.models.runtime_onnx import (
+    GRAPH_FORMAT, INPUT_NAME, ONNX_CARD_KEY, ONNX_GRAPH_KEY, ONNX_VERSION_KEY, OUTPUT_NAME, OnnxRuntime, first_line,
+    import_onnxruntime, is_onnx_path,
 )
-from qfmiqm.models.qfm import QualityNet
 
 FORMATS = ("onnx",)
 #: ONNX opset of exported graphs (onnxruntime >= 1.18 runs it; LayerNormalization is native from 17)
 ONNX_OPSET = 17
 #: highest opset of torch.onnx.export(dynamo=False) (torch 2.14)
 MAX_OPSET = 20
-INPUT_NAME = "crops"
-OUTPUT_NAME = "scores"
-#: batch size of the dummy input the graph is traced with; 2 so that no size-1 axis is folded away
-TRACE_BATCH = 2
-#: batch size of the check run in onnxruntime right after export (differs from TRACE_BATCH on purpose)
-CHECK_BATCH = 3
+#: batch, height, width of the dummy views the graph is traced with (no axis of size 1, none equal)
+TRACE_SHAPE = (2, 256, 320)
+#: shape of the check run in onnxruntime right after export (differs from TRACE_SHAPE on purpose)
+CHECK_SHAPE = (3, 231, 287)
 #: largest acceptable |ONNX - PyTorch| difference of the check run, in points of the 0-100 scale
 CHECK_TOLERANCE = 0.01
 
@@ -59,48 +60,8 @@ class ExportResult:
     max_abs_diff: float
 
     def summary(self) -> str:
-        return (f"exported '{self.model}' to {self.path} (ONNX opset {self.opset}, input [N, 3, {self.size}, "
-                f"{self.size}]; onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.2e} on the 0-100 scale)")
-
-
-def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) averaging weights of ``adaptive_avg_pool`` along one axis, bins as PyTorch's."""
-    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-        weights[i, start:end] = 1.0 / (end - start)
-    return weights.float()
-
-
-class FixedSizeNet(nn.Module):
-    """``QualityNet`` for crops of one fixed size, in operators every ONNX runtime has.
-
-    The head's adaptive average pooling to the token grid is not exportable when the grid does
-    not divide the feature map (EfficientNet-Lite0 at 224: 14x14 and 7x7 maps to 4x4); with the
-    crop size fixed, it is a constant matrix product on each side, ``P_h @ map @ P_w^T``, which
-    gives the same averages. Everything else is the network itself.
-    """
-
-    def __init__(self, net: QualityNet, size: int):
-        super().__init__()
-        self.net = net.eval()
-        grid = net.head.grid
-        with torch.no_grad():
-            feats = net.backbone(torch.zeros(1, 3, size, size))
-        self.pooled: list[bool] = []
-        for i, m in enumerate(feats.maps):
-            h, w = m.shape[-2:]
-            pool = grid > 0 and (h, w) != (grid, grid)
-            self.pooled.append(pool)
-            if pool:
-                self.register_buffer(f"pool_h{i}", _pool_matrix(h, grid))
-                self.register_buffer(f"pool_w{i}", _pool_matrix(w, grid).t().contiguous())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.net.backbone(x)
-        maps = [getattr(self, f"pool_h{i}") @ m @ getattr(self, f"pool_w{i}") if pool else m
-                for i, (m, pool) in enumerate(zip(feats.maps, self.pooled))]
-        return self.net.head.score(BackboneFeatures(maps, feats.cls_token))
+        return (f"exported '{self.model}' to {self.path} (ONNX opset {self.opset}, input uint8 views [N, H, W, 3]; "
+                f"onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.2e} on the 0-100 scale)")
 
 
 def import_onnx() -> Any:
@@ -108,7 +69,7 @@ def import_onnx() -> Any:
     try:
         import onnx
     except ImportError:
-        raise UsageError(f"ONNX export needs the onnx and onnxruntime packages: {INSTALL_HINT}") from None
+        raise UsageError("ONNX export needs the onnx package: pip install onnx") from None
     import_onnxruntime()
     return onnx
 
@@ -138,33 +99,68 @@ def export_model(
         raise UsageError(f"{out}: is a folder; give the file to write")
     if is_onnx_path(model):
         raise UsageError(f"{model}: is already an ONNX model; export its .safetensors checkpoint or zoo name")
-    onnx = import_onnx()
-    from qfmiqm.scoring import load
+    from qfmiqm.models.registry import resolve_model
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # an untrained model exports all the same
-        qm = load(model, device="cpu", backbone_weights=backbone_weights, trust_pickle=trust_pickle)
-    card, size = qm.card, qm.card.input.size
-    wrapped = FixedSizeNet(qm.net, size).eval()
-    proto = onnx.load_model_from_string(_trace(wrapped, size, opset))
+    return export_entry(resolve_model(model), out, opset, backbone_weights, trust_pickle)
+
+
+def export_entry(entry: ModelEntry, out: str | os.PathLike, opset: int = ONNX_OPSET,
+                 backbone_weights: str | os.PathLike | None = None, trust_pickle: bool = False) -> ExportResult:
+    """Export a resolved model (zoo entry or checkpoint) to ``out``."""
+    from qfmiqm.models.registry import load_net
+
+    net = load_net(entry, backbone_weights=os.fspath(backbone_weights) if backbone_weights else None,
+                   trust_pickle=trust_pickle)
+    return export_graph(ScoringGraph(net, entry.card.input), entry.card, out, opset)
+
+
+def export_graph(graph: ScoringGraph, card: ModelCard, out: str | os.PathLike, opset: int = ONNX_OPSET) -> ExportResult:
+    """Write ``graph`` with ``card`` in its metadata to ``out`` atomically, once onnxruntime has
+    reproduced PyTorch's scores on views of a size the graph was not traced with."""
+    onnx = import_onnx()
+    out = Path(out)
+    if card.input.layout == "whole" and not takes_any_size(card):
+        raise ExportError("a whole-image layout needs a CNN backbone with a pooled token grid (decoder grid > 0)")
+    proto = onnx.load_model_from_string(_trace(graph.eval(), opset, view_shapes(card)[0]))
     exported_card = replace(card, weights_sha256=None)  # the hash is of the .safetensors file, not this one
     from qfmiqm import __version__
 
-    _set_metadata(proto, {ONNX_CARD_KEY: exported_card.to_json(), ONNX_VERSION_KEY: __version__})
-    proto.doc_string = f"qfmiqm model '{card.name}': normalised crops [N, 3, {size}, {size}] -> raw scores [N]"
+    _set_metadata(proto, {ONNX_CARD_KEY: exported_card.to_json(), ONNX_VERSION_KEY: __version__,
+                          ONNX_GRAPH_KEY: GRAPH_FORMAT})
+    proto.doc_string = f"qfmiqm model '{card.name}': uint8 views [N, H, W, 3] -> raw head scores [N]"
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and friends
         raise ExportError(f"the exported graph is not valid ONNX ({first_line(exc)})") from None
     with atomic_path(out) as tmp:
         onnx.save_model(proto, str(tmp))
-        diff = _check_against_torch(tmp, qm.net, card.score.scale, size)
-    return ExportResult(out, card.name, opset, size, diff)
+        diff = _check_against_torch(tmp, graph, card)
+    return ExportResult(out, card.name, opset, card.input.size, diff)
 
 
-def _trace(wrapped: nn.Module, size: int, opset: int) -> bytes:
+def takes_any_size(card: ModelCard) -> bool:
+    """Whether the model's network takes views of any height and width: a CNN whose maps are
+    pooled to a fixed token grid. A ViT (fixed position embeddings) or an unpooled head (grid 0)
+    takes only ``size`` x ``size`` crops."""
+    from qfmiqm.models.backbones import get_backbone_spec
+
+    return card.decoder.grid > 0 and get_backbone_spec(card.backbone).kind != "vit"
+
+
+def view_shapes(card: ModelCard) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(batch, height, width) of the trace and of the check run: sizes the policy never makes
+    when the network takes any size (so that a size baked into the graph fails the check), else
+    the crop size, the only one such a network is ever given."""
+    if takes_any_size(card):
+        return TRACE_SHAPE, CHECK_SHAPE
+    s = card.input.size
+    return (TRACE_SHAPE[0], s, s), (CHECK_SHAPE[0], s, s)
+
+
+def _trace(wrapped: nn.Module, opset: int, shape: tuple[int, int, int] = TRACE_SHAPE) -> bytes:
     """The TorchScript-based (legacy) exporter: no extra dependency and no dynamo tracing."""
-    dummy = torch.randn(TRACE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    n, h, w = shape
+    dummy = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
@@ -175,7 +171,7 @@ def _trace(wrapped: nn.Module, size: int, opset: int) -> bytes:
             torch.onnx.export(
                 wrapped, (dummy,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={INPUT_NAME: {0: "batch", 1: "height", 2: "width"}, OUTPUT_NAME: {0: "batch"}},
             )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types for unsupported ops
         raise ExportError(f"torch.onnx.export failed ({first_line(exc)})") from None
@@ -214,18 +210,18 @@ def _set_metadata(proto: Any, props: dict[str, str]) -> None:
             entry.key, entry.value = key, value
 
 
-def _check_against_torch(path: Path, net: nn.Module, scale: float, size: int) -> float:
-    """Largest |ONNX - PyTorch| score difference (0-100 scale) between the file and the original
-    network on a fixed random batch whose size differs from the traced one (so that a batch size
-    baked into the graph fails here)."""
-    x = torch.randn(CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(1))
+def _check_against_torch(path: Path, graph: nn.Module, card: ModelCard) -> float:
+    """Largest |ONNX - PyTorch| score difference (0-100 scale) between the file and the graph on
+    fixed random views whose batch size, height and width differ from the traced ones (so that a
+    size baked into the graph fails here; see ``view_shapes``)."""
+    n, h, w = view_shapes(card)[1]
+    x = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = net(x).float()
-    got = OnnxNet(path, "cpu")(x)
+        expected = graph(x).double().numpy()
+    got = OnnxRuntime(path, "cpu").head_scores(x.numpy())
     if got.shape != expected.shape:
-        raise ExportError(f"the exported graph gives shape {tuple(got.shape)} for a batch of {CHECK_BATCH}, "
-                          f"expected {tuple(expected.shape)}")
-    diff = float(np.abs((got - expected).numpy()).max()) * abs(scale)
+        raise ExportError(f"the exported graph gives shape {got.shape} for a batch of {n}, expected {expected.shape}")
+    diff = float(np.abs(got - expected).max()) * abs(card.score.scale)
     if not diff <= CHECK_TOLERANCE:
         raise ExportError(f"onnxruntime and PyTorch disagree by {diff:.3g} points (tolerance {CHECK_TOLERANCE})")
     return diff

@@ -5,6 +5,7 @@ checkpoint state, metrics) goes through here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -74,3 +75,12 @@ def write_json_atomic(path: str | os.PathLike, data: Any, durable: bool = False,
     else:
         text = json.dumps(data, indent=2, sort_keys=True)
     return write_text_atomic(path, text + "\n", durable)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

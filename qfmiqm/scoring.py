@@ -1,304 +1,55 @@
 """Scoring images with a loaded model: the engine behind ``qfmiqm score`` and ``QualityModel.score``.
 
-Decoding and cropping run in DataLoader workers; a file that cannot be used becomes a
-``ScoreResult`` with an error instead of an exception, so a batch always goes on.
+A ``QualityModel`` is a model card plus a runtime (qfmiqm.models.runtime: ONNX Runtime or
+PyTorch). Per batch: decode -> input policy -> tone statistics (``qfmiqm.data.feed``, in this
+process or in worker processes) -> the runtime's head scores per view -> the image's score (the
+pixel-weighted mean over its views, plus the card's tone term, mapped to 0-100). A file that
+cannot be used becomes a ``ScoreResult`` with an error instead of an exception, so a batch
+always goes on.
+
+Nothing here imports torch: with ONNX Runtime on the CPU, scoring one image never loads it.
 """
 from __future__ import annotations
 
-import math
-import multiprocessing as mp
 import os
-import signal
-import threading
-import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from qfmiqm.data.device_decode import DEFAULT_DECODE, crops_on_device, direct_jpeg_bytes, resolve_decode
-from qfmiqm.data.images import DEFAULT_MAX_PIXELS, to_rgb_array
-from qfmiqm.data.transforms import InputPolicy, normalize, policy_crops
+from qfmiqm.data.feed import (
+    DECODE_MODES, DEFAULT_DECODE, DecodedBatch, PrepareSpec, batches, default_workers, group_views, prepare_isolated, prepare_item,
+)
+from qfmiqm.data.images import DEFAULT_MAX_PIXELS
+from qfmiqm.data.policy import InputPolicy, view_weights
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.models.card import ModelCard
-from qfmiqm.models.onnx_net import OnnxNet, import_onnxruntime, is_onnx_path, onnx_device
-from qfmiqm.models.qfm import QualityNet
-from qfmiqm.models.registry import load_net, resolve_model
+from qfmiqm.models.runtime import DEFAULT_RUNTIME, Runtime, resolve_device, resolve_runtime
+from qfmiqm.models.runtime_onnx import is_onnx_path
+from qfmiqm.results import ScoreResult
 
 DEFAULT_BATCH_SIZE = 16
-#: A batch wait, or an isolated single decode, that takes longer than this is given up.
-DECODE_TIMEOUT_S = 120.0
 #: decoded batches go to a CUDA device from pinned host memory
 PIN_MEMORY = True
 
-
-@dataclass(frozen=True)
-class ScoreResult:
-    """One input's outcome: a score, or the reason it has none."""
-
-    path: str
-    score: float | None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True)
-class EncodedJpeg:
-    """A JPEG file's bytes (1-D uint8), to be decoded and cropped on the model's device."""
-
-    data: torch.Tensor
-
-
-class _CropDataset(Dataset):
-    """Decodes and crops ``items[first:]`` (or, with ``direct_jpeg``, reads the bytes of JPEGs the
-    device can decode itself); failures are returned as messages, never raised."""
-
-    def __init__(self, items: Sequence[Any], policy: InputPolicy, max_pixels: int, first: int = 0,
-                 direct_jpeg: bool = False):
-        self.items, self.policy, self.max_pixels, self.first = items, policy, max_pixels, first
-        self.direct_jpeg = direct_jpeg
-
-    def __len__(self) -> int:
-        return len(self.items) - self.first
-
-    def __getitem__(self, offset: int) -> tuple[int, torch.Tensor | EncodedJpeg | None, str | None]:
-        return decode_item(self.items, self.first + offset, self.policy, self.max_pixels, self.direct_jpeg)
-
-
-def decode_item(items: Sequence[Any], index: int, policy: InputPolicy, max_pixels: int,
-                direct_jpeg: bool = False) -> tuple[int, torch.Tensor | EncodedJpeg | None, str | None]:
-    """(index, uint8 crops, None), (index, EncodedJpeg, None) when ``direct_jpeg`` and the device
-    can decode the file as it is, or (index, None, reason): never raises for a bad input."""
-    try:
-        if direct_jpeg and (data := direct_jpeg_bytes(items[index], policy, max_pixels)) is not None:
-            return index, EncodedJpeg(data), None
-        img = to_rgb_array(items[index], max_pixels, min_short_side=policy.max_short_side)
-        return index, policy_crops(img, policy), None
-    except ImageError as exc:
-        return index, None, str(exc)
-    except MemoryError:
-        return index, None, "out of memory while decoding"
-    except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the batch
-        return index, None, f"cannot use image ({type(exc).__name__}: {exc})"
-
-
-def _decode_in_child(conn, items, index, policy, max_pixels) -> None:
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork; as in DataLoader workers
-    i, crops, err = decode_item(items, index, policy, max_pixels)
-    conn.send((i, None if crops is None else crops.numpy(), err))
-    conn.close()
-
-
-def decode_isolated(items: Sequence[Any], index: int, policy: InputPolicy, max_pixels: int,
-                    timeout: float | None = None) -> tuple[int, torch.Tensor | None, str | None]:
-    """Decode one item in a fresh process, so that a file that crashes or hangs the decoder
-    costs only its own result."""
-    timeout = DECODE_TIMEOUT_S if timeout is None else timeout
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_decode_in_child, args=(child, items, index, policy, max_pixels), daemon=True)
-    proc.start()
-    child.close()
-    timed_out = False
-    try:
-        if parent.poll(timeout):
-            i, crops, err = parent.recv()
-            return i, None if crops is None else torch.from_numpy(crops), err
-        timed_out = True
-    except (EOFError, OSError):
-        pass
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-        parent.close()
-    if timed_out:
-        return index, None, f"decoding took longer than {timeout:.0f} s"
-    if proc.exitcode is not None and proc.exitcode < 0:
-        return index, None, f"the image decoder crashed on this file (signal {signal.Signals(-proc.exitcode).name})"
-    if proc.exitcode not in (0, None):
-        return index, None, f"the image decoder crashed on this file (exit code {proc.exitcode})"
-    return index, None, "the image decoder stopped without a result"
-
-
-def _in_shared_memory_if_worker(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """An empty tensor of ``shape`` in shared memory when called in a DataLoader worker (as torch's
-    own default_collate does: the batch then leaves the worker without another copy), else None."""
-    if get_worker_info() is None:
-        return None
-    numel = math.prod(shape)
-    return like.new(like.untyped_storage()._new_shared(numel * like.element_size())).view(shape)
-
-
-def _stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack crops, in shared memory when in a worker."""
-    return torch.stack(tensors, out=_in_shared_memory_if_worker(tensors[0], (len(tensors), *tensors[0].shape)))
-
-
-def _concat_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate 1-D byte tensors, in shared memory when in a worker."""
-    return torch.cat(tensors, out=_in_shared_memory_if_worker(tensors[0], (sum(t.numel() for t in tensors),)))
-
-
-@dataclass
-class DecodedBatch:
-    """Decoded items of one batch, in input order: the crops of the items that decoded, stacked
-    into one tensor (one shared-memory transfer from a worker and one pinned copy, instead of one
-    per image), the bytes of the JPEGs left to the device decoder, concatenated likewise, and the
-    reasons of the items that cannot be used."""
-
-    indices: list[int]
-    crops: torch.Tensor | None
-    good: list[int]
-    errors: dict[int, str]
-    encoded: torch.Tensor | None = None
-    encoded_sizes: list[int] = field(default_factory=list)
-    encoded_good: list[int] = field(default_factory=list)
-
-    @classmethod
-    def collate(cls, decoded: list[tuple[int, torch.Tensor | EncodedJpeg | None, str | None]]) -> "DecodedBatch":
-        good = [(i, c) for i, c, err in decoded if err is None and not isinstance(c, EncodedJpeg)]
-        jpegs = [(i, c.data) for i, c, err in decoded if err is None and isinstance(c, EncodedJpeg)]
-        return cls(indices=[i for i, _, _ in decoded],
-                   crops=_stack_for_transfer([c for _, c in good]) if good else None,
-                   good=[i for i, _ in good],
-                   errors={i: err for i, _, err in decoded if err is not None},
-                   encoded=_concat_for_transfer([d for _, d in jpegs]) if jpegs else None,
-                   encoded_sizes=[d.numel() for _, d in jpegs],
-                   encoded_good=[i for i, _ in jpegs])
-
-    def encoded_files(self) -> list[torch.Tensor]:
-        """The bytes of each JPEG left to the device decoder (views into one block)."""
-        return list(torch.split(self.encoded, self.encoded_sizes)) if self.encoded is not None else []
-
-    def pin_memory(self) -> "DecodedBatch":
-        # called by DataLoader's pinning thread (pin_memory=True on CUDA); the JPEG bytes are
-        # read by the decoder on the host, so they stay where they are
-        crops = self.crops.pin_memory() if self.crops is not None else None
-        return replace(self, crops=crops)
+__all__ = ["QualityModel", "ScoreResult", "load", "default_workers", "DEFAULT_BATCH_SIZE"]
 
 
 @dataclass
 class _Launched:
-    """A batch whose forward has been started: raw outputs (on the device) in ``order``."""
+    """A batch whose forward has been started: per view group, the runtime's pending output."""
 
-    indices: list[int]
-    order: list[int]
-    raw: torch.Tensor | None
-    errors: dict[int, str]
-
-
-def _is_worker_failure(exc: RuntimeError) -> bool:
-    return "DataLoader worker" in str(exc)
-
-
-def _guarded(loader: DataLoader, timeout: float) -> Iterator[list]:
-    """Iterate a DataLoader so that worker failures surface only from the iteration itself.
-
-    PyTorch's SIGCHLD handler raises "worker killed" wherever the main thread happens to be
-    (inside the model, or in the caller writing results); it is silenced while we iterate, and
-    the loader's own liveness check (every few seconds) reports the dead worker instead. A
-    watchdog kills the workers when one batch takes longer than ``timeout``, which turns a hung
-    decoder into the same, recoverable failure.
-    """
-    it = iter(loader)
-    workers = list(getattr(it, "_workers", []))
-    restore = _silence_sigchld() if workers else None
-    watchdog = _Watchdog(workers, timeout) if workers else None
-    try:
-        while True:
-            if watchdog:
-                watchdog.start_wait()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            finally:
-                if watchdog:
-                    watchdog.end_wait()
-            yield batch
-    finally:
-        if watchdog:
-            watchdog.stop()
-        del it  # shuts the workers down before the handler comes back
-        if restore:
-            restore()
-
-
-def _silence_sigchld():
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    return lambda: signal.signal(signal.SIGCHLD, previous)
-
-
-class _Watchdog:
-    """Kills the worker processes when a single wait for a batch exceeds the timeout."""
-
-    def __init__(self, workers: list, timeout: float):
-        self.workers, self.timeout = workers, timeout
-        self._since: float | None = None
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def start_wait(self) -> None:
-        self._since = time.monotonic()
-
-    def end_wait(self) -> None:
-        self._since = None
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _watch(self) -> None:
-        while not self._stopped.wait(1.0):
-            since = self._since
-            if since is not None and time.monotonic() - since > self.timeout:
-                for w in self.workers:
-                    if w.is_alive():
-                        os.kill(w.pid, signal.SIGKILL)
-                return
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
-    return dev
-
-
-def default_workers(n_items: int, batch_size: int, device: torch.device | str = "cpu") -> int:
-    """Decoding runs in worker processes (so a file that crashes the decoder costs only its own
-    result), as many as there are batches to overlap. On CPU at most 4, since the model's forward
-    needs the cores too; on a GPU decoding is the bottleneck, so all cores but one decode."""
-    if n_items <= 1:
-        return 0
-    batches = -(-n_items // batch_size)
-    cores = os.cpu_count() or 1
-    cap = max(1, cores - 1) if torch.device(device).type == "cuda" else min(4, cores)
-    return max(1, min(cap, batches))
+    batch: DecodedBatch
+    outputs: list[Any]
 
 
 def describe_item(item: Any, index: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
-    if isinstance(item, Image.Image):
-        return f"<PIL image #{index}>"
-    if isinstance(item, np.ndarray):
-        return f"<array #{index}>"
-    if isinstance(item, torch.Tensor):
-        return f"<tensor #{index}>"
-    return f"<{type(item).__name__} #{index}>"
+    kind = type(item).__name__
+    names = {"Image": "PIL image", "ndarray": "array", "Tensor": "tensor"}
+    return f"<{names.get(kind, kind)} #{index}>"
 
 
 class QualityModel:
@@ -307,59 +58,97 @@ class QualityModel:
     Scores are on a 0-100 scale, higher is better.
     """
 
-    def __init__(self, net: QualityNet | OnnxNet, card: ModelCard, device: torch.device,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = DEFAULT_DECODE):
-        self.net = net.to(device).eval()
+    def __init__(self, runtime: Runtime, card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 decode: str = DEFAULT_DECODE):
+        self.runtime = runtime
         self.card = card
-        self.device = device
         self.max_pixels = max_pixels
         self.decode = decode
-        resolve_decode(decode, device)  # an unknown or unavailable mode fails here, not mid-batch
-        if device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self._check_decode()
 
     @property
     def name(self) -> str:
         return self.card.name
 
     @property
+    def device(self) -> str:
+        return self.runtime.device
+
+    @property
     def policy(self) -> InputPolicy:
         return self.card.input
 
+    @property
+    def net(self):
+        """The PyTorch ``QualityNet`` (backbone + head); only with the torch runtime."""
+        if self.runtime.name != "torch":
+            raise UsageError(f"model '{self.name}' runs in ONNX Runtime: its network modules need "
+                             "runtime='torch' (--runtime torch)")
+        return self.runtime.net
+
     def __repr__(self) -> str:
-        return f"QualityModel(name={self.name!r}, backbone={self.card.backbone!r}, device={str(self.device)!r})"
+        return (f"QualityModel(name={self.name!r}, backbone={self.card.backbone!r}, "
+                f"runtime={self.runtime.name!r}, device={self.device!r})")
+
+    def _check_decode(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise UsageError(f"decode must be one of {', '.join(DECODE_MODES)}, got '{self.decode}'")
+        if self.decode == DEFAULT_DECODE:
+            return
+        if self.runtime.name != "torch":
+            raise UsageError("--decode device needs the PyTorch runtime (--runtime torch)")
+        import torch
+
+        from qfmiqm.data.device_decode import resolve_decode
+
+        resolve_decode(self.decode, torch.device(self.device))  # an unknown or unavailable mode fails here
 
     @property
     def decodes_on_device(self) -> bool:
         """Whether JPEG files are decoded on the model's device (see ``decode``, docs/speed.md)."""
-        return resolve_decode(self.decode, self.device)
+        return self.decode == "device"
 
-    def network_input(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8 crops (..., 3, S, S) -> normalised float crops on the model's device, in the
-        memory layout its network runs fastest with."""
-        x = normalize(crops.to(self.device, non_blocking=True), self.policy)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def prepare_spec(self, direct_jpeg: bool = False) -> PrepareSpec:
+        """What the per-file step needs: the policy, the pixel limit, the tone statistics."""
+        from qfmiqm.models.tone import tone_statistics
 
-    def raw_scores(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8 crops (N, K, 3, S, S) of N images -> raw scores (N,): the mean head output over the K
-        crops, plus the card's image-level tone term when it has one (qfmiqm/models/tone.py)."""
-        return self._raw_on_device(crops).cpu()
+        return PrepareSpec(self.policy, self.max_pixels, tone_statistics if self.card.tone is not None else None,
+                           direct_jpeg)
 
-    @torch.inference_mode()
-    def _raw_on_device(self, crops: torch.Tensor) -> torch.Tensor:
-        n, k = crops.shape[:2]
-        crops = crops.to(self.device, non_blocking=True)
-        raw = self.net(self.network_input(crops.flatten(0, 1))).float().view(n, k).mean(dim=1)
-        return raw + self.tone_term(crops)
+    # --- the per-batch function: prepared views -> raw scores ----------------------------------
 
-    def tone_term(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8 crops (N, K, 3, S, S) of N images -> the card's image-level tone term (N,), in raw
-        score points on the crops' device; zeros for a model without one."""
-        if self.card.tone is None:
-            return torch.zeros(crops.shape[0], device=crops.device)
-        return self.card.tone(crops)
+    def raw_scores_of(self, prepared: Sequence[Any]) -> np.ndarray:
+        """``Prepared`` images (views + tone statistics) -> raw scores (N,): the pixel-weighted mean
+        of the head's scores over each image's views, plus the card's tone term."""
+        batch = DecodedBatch.collate([(i, p, None) for i, p in enumerate(prepared)])
+        return self._raw(batch, [self.runtime.head_scores(g.views) for g in batch.groups])
+
+    def raw_scores(self, images: Sequence[Any]) -> np.ndarray:
+        """Images (paths, arrays, ...) -> raw scores (N,), in this process; raises on a bad image."""
+        spec = self.prepare_spec()
+        prepared = []
+        for i in range(len(images)):
+            _, p, err = prepare_item(images, i, spec)
+            if err is not None:
+                raise ImageError(f"{describe_item(images[i], i)}: {err}")
+            prepared.append(p)
+        return self.raw_scores_of(prepared)
+
+    def _raw(self, batch: DecodedBatch, outputs: list[Any]) -> np.ndarray:
+        n = len(batch.good)
+        per_view: list[list[float]] = [[] for _ in range(n)]
+        for group, out in zip(batch.groups, outputs):
+            for owner, s in zip(group.owners, np.asarray(_fetch(out), dtype=np.float64)):
+                per_view[owner].append(float(s))
+        raw = np.array([float(np.dot(w, s)) for w, s in zip(batch.weights, per_view)], dtype=np.float64)
+        if self.card.tone is not None and n:
+            raw = raw + self.card.tone.of_statistics(batch.stats)
+        return raw
+
+    def map_score(self, raw: float) -> float:
+        return self.card.score.apply(float(raw))
+
+    # --- many inputs ---------------------------------------------------------------------------
 
     def iter_scores(
         self,
@@ -376,16 +165,18 @@ class QualityModel:
         if workers < 0:
             raise UsageError(f"workers must be 0 or more, got {workers}")
         bar = _progress_bar(len(items)) if progress and len(items) > batch_size else None
+        spec = self.prepare_spec(direct_jpeg=self.decodes_on_device)
+        pin = PIN_MEMORY and self.device.startswith("cuda") and workers > 0
         pending: _Launched | None = None
         try:
             # a batch's scores are read back only after the next batch is launched, so that the
-            # host prepares batch i+1 while the device still computes batch i
-            for batch in self._decoded_batches(items, batch_size, workers):
-                launched = self._launch(items, batch)
+            # host prepares batch i+1 while a GPU still computes batch i
+            for batch in batches(items, spec, batch_size, workers, pin_memory=pin):
+                launched = self._launch(items, batch, spec)
                 if pending is not None:
                     yield from self._finish(items, pending)
                     if bar is not None:
-                        bar.advance(len(pending.indices))
+                        bar.advance(len(pending.batch.indices))
                 pending = launched
             if pending is not None:
                 yield from self._finish(items, pending)
@@ -393,58 +184,50 @@ class QualityModel:
             if bar is not None:
                 bar.stop()
 
-    def _decoded_batches(self, items: Sequence[Any], batch_size: int, workers: int) -> Iterator[DecodedBatch]:
-        """Decoded batches in input order. When a worker process dies (a file crashed or hung its
-        decoder), the next batch is decoded one file per process to isolate the culprit, and a
-        fresh pool of workers takes over after it."""
-        done = 0
-        direct_jpeg = self.decodes_on_device
-        while done < len(items):
-            loader = DataLoader(
-                _CropDataset(items, self.policy, self.max_pixels, first=done, direct_jpeg=direct_jpeg),
-                batch_size=batch_size,
-                num_workers=workers, collate_fn=DecodedBatch.collate, pin_memory=PIN_MEMORY and self.device.type == "cuda",
-                multiprocessing_context="fork" if workers else None,
-            )
-            try:
-                for batch in _guarded(loader, DECODE_TIMEOUT_S):
-                    done += len(batch.indices)
-                    yield batch
-            except RuntimeError as exc:
-                if not _is_worker_failure(exc):
-                    raise
-                stop = min(done + batch_size, len(items))
-                batch = [decode_isolated(items, i, self.policy, self.max_pixels) for i in range(done, stop)]
-                done = stop
-                yield DecodedBatch.collate(batch)
-
-    def _launch(self, items: Sequence[Any], batch: DecodedBatch) -> "_Launched":
-        """Start the forward of one batch (asynchronous on a GPU): the worker-decoded crops and the
-        JPEGs decoded here on the device; a JPEG the device decoder refuses goes to Pillow."""
-        order, parts = list(batch.good), []
-        if batch.crops is not None:
-            parts.append(batch.crops.to(self.device, non_blocking=True))
-        errors = dict(batch.errors)
+    def _launch(self, items: Sequence[Any], batch: DecodedBatch, spec: PrepareSpec) -> _Launched:
         if batch.encoded is not None:
-            on_device = crops_on_device(batch.encoded_files(), self.policy, self.device)
-            for i, crops in zip(batch.encoded_good, on_device):
-                if crops is None:
-                    _, crops, err = decode_isolated(items, i, self.policy, self.max_pixels)
-                    if crops is None:
-                        errors[i] = err or "cannot decode image data"
-                        continue
-                order.append(i)
-                parts.append(crops.to(self.device).unsqueeze(0))
-        raw = self._raw_on_device(torch.cat(parts)) if parts else None
-        return _Launched(batch.indices, order, raw, errors)
+            batch = self._decode_on_device(items, batch, spec)
+        launch = getattr(self.runtime, "launch", self.runtime.head_scores)
+        return _Launched(batch, [launch(g.views) for g in batch.groups])
 
-    def _finish(self, items: Sequence[Any], launched: "_Launched") -> Iterator[ScoreResult]:
+    def _decode_on_device(self, items: Sequence[Any], batch: DecodedBatch, spec: PrepareSpec) -> DecodedBatch:
+        """Decode the batch's JPEG bytes on the device and merge their views into the batch; a JPEG
+        the device decoder refuses goes to Pillow in a separate process."""
+        import torch
+
+        from qfmiqm.data.device_decode import views_on_device
+
+        on_device = views_on_device(batch.encoded_files(), self.policy, torch.device(self.device))
+        errors = dict(batch.errors)
+        views_of = {i: [torch.as_tensor(v).to(self.device, non_blocking=True) for v in vs]
+                    for i, vs in _views_by_image(batch).items()}
+        stats_of = dict(zip(batch.good, batch.stats)) if batch.stats is not None else {}
+        for i, views in zip(batch.encoded_good, on_device):
+            if views is None:
+                _, p, err = prepare_isolated(items, i, spec)
+                if p is None:
+                    errors[i] = err or "cannot decode image data"
+                    continue
+                views = [torch.as_tensor(v).to(self.device) for v in p.views]
+                stats = p.stats
+            else:
+                stats = spec.statistics([v.cpu().numpy() for v in views]) if spec.statistics else None
+            views_of[i] = views
+            if stats is not None:
+                stats_of[i] = stats
+        good = [i for i in batch.indices if i in views_of]
+        return DecodedBatch(batch.indices, good, group_views([views_of[i] for i in good]),
+                            [view_weights(views_of[i]) for i in good],
+                            np.stack([stats_of[i] for i in good]) if stats_of and good else None, errors)
+
+    def _finish(self, items: Sequence[Any], launched: _Launched) -> Iterator[ScoreResult]:
+        batch = launched.batch
         scores: dict[int, float] = {}
-        if launched.raw is not None:
-            raw = launched.raw.cpu().tolist()
-            scores = {i: self.card.score.apply(float(r)) for i, r in zip(launched.order, raw)}
-        for i in launched.indices:
-            yield ScoreResult(describe_item(items[i], i), scores.get(i), launched.errors.get(i))
+        if batch.good:
+            raw = self._raw(batch, launched.outputs)
+            scores = {i: self.map_score(r) for i, r in zip(batch.good, raw)}
+        for i in batch.indices:
+            yield ScoreResult(describe_item(items[i], i), scores.get(i), batch.errors.get(i))
 
     def score(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0) -> float | list[float]:
         """Score one image (path, PIL image, ndarray, tensor) or a list of them.
@@ -461,40 +244,86 @@ class QualityModel:
         return values[0] if single else values
 
 
+def _views_by_image(batch: DecodedBatch) -> dict[int, list[Any]]:
+    """The views of each decoded image of a batch, unstacked from their groups."""
+    views: dict[int, list[Any]] = {i: [] for i in batch.good}
+    for group in batch.groups:
+        for owner, v in zip(group.owners, group.views):
+            views[batch.good[owner]].append(v)
+    return views
+
+
+def _fetch(output: Any) -> np.ndarray:
+    """A runtime's output as a numpy array (reads a GPU result back: where the host waits)."""
+    if isinstance(output, np.ndarray):
+        return output
+    return output.detach().cpu().double().numpy()
+
+
 def load(
     model: str | os.PathLike = "default",
-    device: str | torch.device | None = "auto",
+    device: str | Any | None = "auto",
     backbone_weights: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode: str = DEFAULT_DECODE,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> QualityModel:
     """Load a model by zoo name, checkpoint path or exported ``.onnx`` file, ready to score.
 
+    ``runtime``: ``auto`` (ONNX Runtime on the CPU, PyTorch on CUDA), ``onnx`` or ``torch``; a
+    ``.safetensors`` model's ONNX graph is built once into the cache (qfmiqm.models.onnx_cache).
     ``decode``: where JPEG files are decoded: ``workers`` (Pillow in worker processes, the
-    default) or ``device`` (the model's device: nvJPEG on CUDA; docs/speed.md).
+    default) or ``device`` (the model's device, PyTorch runtime: nvJPEG on CUDA; docs/speed.md).
     """
-    if is_onnx_path(model):
-        return _load_onnx(model, device, max_pixels, decode)
-    entry = resolve_model(model)
     dev = resolve_device(device)
-    net = load_net(entry, backbone_weights=os.fspath(backbone_weights) if backbone_weights else None,
-                   trust_pickle=trust_pickle)
+    if is_onnx_path(model):
+        if resolve_runtime(runtime, dev) == "torch" and (runtime or "auto").lower() != "auto":
+            raise UsageError(f"{model}: an ONNX file runs in ONNX Runtime; use --runtime auto or onnx")
+        return _load_onnx_file(model, dev, max_pixels, decode)
+    from qfmiqm.models.registry import resolve_model
+
+    entry = resolve_model(model)
+    # decoding on the device hands decoded tensors to PyTorch: auto picks it then
+    name = resolve_runtime("torch" if decode == "device" and (runtime or "auto") == "auto" else runtime, dev)
+    if name == "onnx":
+        from qfmiqm.models.onnx_cache import cached_graph
+        from qfmiqm.models.runtime_onnx import OnnxRuntime
+
+        path = cached_graph(entry, os.fspath(backbone_weights) if backbone_weights else None, trust_pickle)
+        rt: Runtime = OnnxRuntime(path, dev)
+    else:
+        rt = _torch_runtime(entry, dev, backbone_weights, trust_pickle)
     if not entry.card.trained:
         warnings.warn(untrained_warning(entry.card), UserWarning, stacklevel=2)
-    return QualityModel(net, entry.card, dev, max_pixels=max_pixels, decode=decode)
+    return QualityModel(rt, entry.card, max_pixels=max_pixels, decode=decode)
 
 
-def _load_onnx(path: str | os.PathLike, device: str | torch.device | None, max_pixels: int,
-               decode: str = DEFAULT_DECODE) -> QualityModel:
+def _torch_runtime(entry, device: str, backbone_weights, trust_pickle: bool) -> Runtime:
+    from qfmiqm.models.graph import ScoringGraph
+    from qfmiqm.models.registry import load_net
+    from qfmiqm.models.runtime_torch import TorchRuntime
+
+    net = load_net(entry, backbone_weights=os.fspath(backbone_weights) if backbone_weights else None,
+                   trust_pickle=trust_pickle)
+    return TorchRuntime(ScoringGraph(net, entry.card.input), device)
+
+
+def _load_onnx_file(path: str | os.PathLike, device: str, max_pixels: int, decode: str) -> QualityModel:
     """An ONNX file from ``qfmiqm export``: the graph runs in onnxruntime, the card comes from
-    the file's metadata; decoding, crops and score mapping are the same as for PyTorch models."""
-    import_onnxruntime()
-    dev = onnx_device(device, resolve_device(device))
-    net = OnnxNet(path, dev)
-    if not net.card.trained:
-        warnings.warn(untrained_warning(net.card), UserWarning, stacklevel=3)
-    return QualityModel(net, net.card, dev, max_pixels=max_pixels, decode=decode)
+    the file's metadata; decoding, views, tone term and score mapping are as for any model."""
+    from qfmiqm.models.runtime_onnx import OnnxRuntime
+
+    rt = OnnxRuntime(path, device)
+    if not rt.card.trained:
+        warnings.warn(untrained_warning(rt.card), UserWarning, stacklevel=3)
+    return QualityModel(rt, rt.card, max_pixels=max_pixels, decode=decode)
+
+
+def with_policy(model: QualityModel, **changes: Any) -> QualityModel:
+    """The same model and runtime with its card's input policy changed (e.g. ``num_crops``)."""
+    card = replace(model.card, input=model.card.input.replace(**changes))
+    return QualityModel(model.runtime, card, max_pixels=model.max_pixels, decode=model.decode)
 
 
 def untrained_warning(card: ModelCard) -> str:
@@ -519,4 +348,3 @@ def _progress_bar(total: int):
             bar.stop()
 
     return _Bar()
-

@@ -33,6 +33,16 @@ def default_model():
         return qfmiqm.load("default", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def default_torch_model():
+    """The default model in the PyTorch runtime (its network modules: maps, features, saving)."""
+    import qfmiqm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return qfmiqm.load("default", device="cpu", runtime="torch")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Run a module's torch work on one thread (small ops are faster so, and timings steadier)."""

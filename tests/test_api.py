@@ -92,25 +92,27 @@ def test_load_errors_and_aliases(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the trained default loads without warnings
         m = qfmiqm.create_metric("default", device="cpu")
-    assert isinstance(m, qfmiqm.QualityModel) and m.device.type == "cpu"
+    assert isinstance(m, qfmiqm.QualityModel) and m.device == "cpu"
+    assert m.runtime.name == "onnx"  # auto: ONNX Runtime on the CPU
 
 
-def test_a_model_marked_untrained_warns(tmp_path, default_model):
+def test_a_model_marked_untrained_warns(tmp_path, default_torch_model):
     from dataclasses import replace
 
     from qfmiqm.models.registry import save_model
 
+    default_model = default_torch_model
     path = tmp_path / "untrained.safetensors"
     save_model(default_model.net, replace(default_model.card, trained=False), path)
     with pytest.warns(UserWarning, match="UNTRAINED"):
         qfmiqm.load(path, device="cpu")
 
 
-def test_checkpoint_round_trip(tmp_path, default_model, samples):
+def test_checkpoint_round_trip(tmp_path, default_model, default_torch_model, samples):
     from qfmiqm.models.registry import save_model
 
     path = tmp_path / "copy.safetensors"
-    save_model(default_model.net, default_model.card, path)
+    save_model(default_torch_model.net, default_model.card, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         again = qfmiqm.load(path, device="cpu")
@@ -124,33 +126,40 @@ def test_checkpoint_round_trip(tmp_path, default_model, samples):
     assert alone.card.backbone == "efficientnet_lite0"
 
 
-def test_decoded_batch_stacks_the_good_crops_and_keeps_order_and_errors():
-    from qfmiqm.scoring import DecodedBatch
+def test_decoded_batch_stacks_views_by_size_and_keeps_order_and_errors():
+    from qfmiqm.data.feed import DecodedBatch, Prepared
 
-    crop = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
-    batch = DecodedBatch.collate([(4, crop, None), (5, None, "not an image"), (6, crop + 1, None)])
+    small, big = np.zeros((8, 8, 3), np.uint8), np.ones((8, 12, 3), np.uint8)
+    stats = np.arange(9, dtype=np.float32)
+    batch = DecodedBatch.collate([(4, Prepared([small, big], stats), None), (5, None, "not an image"),
+                                  (6, Prepared([small + 2], stats + 1), None)])
     assert batch.indices == [4, 5, 6] and batch.good == [4, 6]
     assert batch.errors == {5: "not an image"}
-    assert batch.crops.shape == (2, 5, 3, 8, 8) and int(batch.crops[1].max()) == 1
-    assert DecodedBatch.collate([(0, None, "bad")]).crops is None
+    by_shape = {g.views.shape: g.owners for g in batch.groups}
+    assert by_shape == {(2, 8, 8, 3): [0, 1], (1, 8, 12, 3): [0]}
+    np.testing.assert_allclose(batch.weights[0], [64 / 160, 96 / 160])  # each view's share of the pixels
+    assert batch.stats.shape == (2, 9) and batch.stats[1, 0] == 1
+    empty = DecodedBatch.collate([(0, None, "bad")])
+    assert empty.groups == [] and empty.good == []
 
 
 def test_decoded_batch_keeps_jpeg_bytes_for_the_device_in_one_block():
-    from qfmiqm.scoring import DecodedBatch, EncodedJpeg
+    from qfmiqm.data.feed import DecodedBatch, EncodedJpeg, Prepared
 
-    crop = torch.zeros(5, 3, 8, 8, dtype=torch.uint8)
+    view = np.zeros((8, 8, 3), np.uint8)
     a, b = torch.arange(7, dtype=torch.uint8), torch.arange(3, dtype=torch.uint8) + 100
-    batch = DecodedBatch.collate([(0, EncodedJpeg(a), None), (1, crop, None), (2, None, "bad"), (3, EncodedJpeg(b), None)])
+    batch = DecodedBatch.collate([(0, EncodedJpeg(a), None), (1, Prepared([view]), None), (2, None, "bad"),
+                                  (3, EncodedJpeg(b), None)])
     assert batch.good == [1] and batch.encoded_good == [0, 3] and batch.errors == {2: "bad"}
     assert batch.encoded.numel() == 10 and batch.encoded_sizes == [7, 3]
     assert [t.tolist() for t in batch.encoded_files()] == [a.tolist(), b.tolist()]
-    assert DecodedBatch.collate([(1, crop, None)]).encoded_files() == []
+    assert DecodedBatch.collate([(1, Prepared([view]), None)]).encoded_files() == []
 
 
 def test_worker_batches_arrive_stacked_in_shared_memory_with_their_errors():
     from torch.utils.data import DataLoader
 
-    from qfmiqm.scoring import DecodedBatch, EncodedJpeg
+    from qfmiqm.data.feed import DecodedBatch, EncodedJpeg, Prepared
 
     class Items(torch.utils.data.Dataset):
         def __len__(self):
@@ -161,18 +170,18 @@ def test_worker_batches_arrive_stacked_in_shared_memory_with_their_errors():
                 return i, None, "bad"
             if i == 2:
                 return i, EncodedJpeg(torch.full((9,), 7, dtype=torch.uint8)), None
-            return i, torch.full((2, 3, 4, 4), i, dtype=torch.uint8), None
+            return i, Prepared([np.full((4, 4, 3), i, np.uint8)] * 2), None
 
     batches = list(DataLoader(Items(), batch_size=3, num_workers=1, collate_fn=DecodedBatch.collate))
     assert [b.indices for b in batches] == [[0, 1, 2], [3, 4]]
     assert [b.errors for b in batches] == [{1: "bad"}, {}]
-    assert all(b.crops.is_shared() for b in batches)
-    assert [b.crops[:, 0, 0, 0, 0].tolist() for b in batches] == [[0], [3, 4]]
+    assert all(g.views.is_shared() for b in batches for g in b.groups)
+    assert [b.groups[0].views[:, 0, 0, 0].tolist() for b in batches] == [[0, 0], [3, 3, 4, 4]]
     assert batches[0].encoded.is_shared() and batches[0].encoded_files()[0].tolist() == [7] * 9
 
 
 def test_decoding_workers_use_the_cores_a_gpu_leaves_free(monkeypatch):
-    from qfmiqm.scoring import default_workers
+    from qfmiqm.data.feed import default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers(1, 16) == 0                      # nothing to overlap

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from qfmiqm.cli import app
-from qfmiqm.data.transforms import resize_for_policy
+from qfmiqm.data.policy import resize_for_policy, view_boxes
 from qfmiqm.eval.attention_map import (
     MAP_SUFFIX, AttentionMap, attention_map, map_filenames, place_crops, render_overlay, supports_maps,
 )
@@ -56,6 +56,12 @@ def test_recorded_weights_are_the_layers_cross_attention():
 
 
 @pytest.fixture(scope="module")
+def default_model(default_torch_model):
+    """Maps read the network's attention: the default model in the PyTorch runtime."""
+    return default_torch_model
+
+
+@pytest.fixture(scope="module")
 def chelsea_map(default_model, samples) -> AttentionMap:
     return attention_map(default_model, str(samples["chelsea"]))
 
@@ -68,8 +74,8 @@ def test_map_of_a_real_photo_covers_the_resized_image_in_0_1(default_model, samp
     assert np.isfinite(m.values).all() and m.values.min() >= 0 and m.values.max() <= 1
     assert m.values[m.covered].min() == 0 and m.values.max() == 1  # normalised per image
     assert m.values[m.covered].std() > 0.05  # not constant
-    assert len(m.offsets) == default_model.policy.num_crops
-    assert m.covered.mean() > 0.95  # 5 crops of 224 on 451 x 300: all but the thin gaps between corners
+    assert len(m.offsets) == len(view_boxes(*resized.shape[:2], default_model.policy))
+    assert m.covered.mean() > 0.95  # whole image, or 5 crops of 224 on 451 x 300 (all but thin gaps)
 
 
 def test_map_score_equals_the_models_score(default_model, samples, chelsea_map):
@@ -160,12 +166,12 @@ def test_cli_map_needs_a_pytorch_model(samples, tmp_path, monkeypatch, default_m
     import qfmiqm.scoring
 
     class OnnxLike:
-        net = object()  # not a QualityNet
+        runtime = type("Runtime", (), {"name": "onnx"})()
         card = default_model.card
 
     assert not supports_maps(OnnxLike()) and supports_maps(default_model)
     monkeypatch.setattr(qfmiqm.scoring, "load", lambda *a, **k: OnnxLike())
     result = CliRunner().invoke(app, ["score", str(samples["chelsea"]), "--map", str(tmp_path / "maps")])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: --map needs a PyTorch model (not ONNX)"
+    assert result.stderr.strip() == "error: --map needs a PyTorch model (a .safetensors checkpoint or zoo name, not ONNX)"
     assert result.stdout == ""

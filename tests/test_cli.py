@@ -112,3 +112,15 @@ def test_console_script_exit_codes(samples, tmp_path):
     bad = subprocess.run([*exe.split(), "score", str(tmp_path / "nope.jpg")], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.splitlines()[-2] == f"error: {tmp_path / 'nope.jpg'}: no such file"
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["score", "--help"]])
+def test_version_and_help_load_no_heavy_library(args):
+    """Start-up: the CLI imports torch, timm, scipy and matplotlib only where they are used."""
+    code = ("import sys; from qfmiqm.cli import main; sys.argv = ['qfmiqm', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'scipy', 'matplotlib', 'pandas'})\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"

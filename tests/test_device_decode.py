@@ -15,8 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from qfmiqm.cli import app
-from qfmiqm.data.device_decode import DECODE_MODES, crops_on_device, direct_jpeg_bytes, resolve_decode
-from qfmiqm.data.transforms import InputPolicy, policy_crops
+from qfmiqm.data.device_decode import DECODE_MODES, direct_jpeg_bytes, resolve_decode, views_on_device
+from qfmiqm.data.policy import InputPolicy, policy_views
 from qfmiqm.errors import UsageError
 
 POLICY = InputPolicy()
@@ -55,22 +55,25 @@ def test_only_jpegs_the_policy_uses_as_they_are_go_to_the_device(files):
     assert direct_jpeg_bytes(files["jpeg"].parent, POLICY, 10**8) is None
 
 
-def test_device_crops_equal_pillow_crops_on_cpu(files):
-    encoded = [direct_jpeg_bytes(files[k], POLICY, 10**8) for k in ("jpeg", "gray")]
-    crops = crops_on_device(encoded, POLICY, torch.device("cpu"))
-    for got, key in zip(crops, ("jpeg", "gray")):
-        expected = policy_crops(np.asarray(Image.open(files[key]).convert("RGB")), POLICY)
-        assert got.shape == (5, 3, 224, 224)
-        assert torch.equal(got, expected)
+@pytest.mark.parametrize("policy", [POLICY, InputPolicy(layout="whole")], ids=["crops", "whole"])
+def test_device_views_equal_pillow_views_on_cpu(files, policy):
+    encoded = [direct_jpeg_bytes(files[k], policy, 10**8) for k in ("jpeg", "gray")]
+    views = views_on_device(encoded, policy, torch.device("cpu"))
+    for got, key in zip(views, ("jpeg", "gray")):
+        expected = policy_views(np.asarray(Image.open(files[key]).convert("RGB")), policy)
+        assert len(got) == len(expected) == (5 if policy.layout == "crops" else 1)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape and torch.equal(g, torch.from_numpy(np.array(e)))
 
 
 def test_a_file_the_device_decoder_refuses_costs_only_its_own_result(files):
     encoded = [direct_jpeg_bytes(files[k], POLICY, 10**8) for k in ("jpeg", "truncated", "gray")]
-    crops = crops_on_device(encoded, POLICY, torch.device("cpu"))
-    assert crops[0] is not None and crops[1] is None and crops[2] is not None
+    views = views_on_device(encoded, POLICY, torch.device("cpu"))
+    assert views[0] is not None and views[1] is None and views[2] is not None
 
 
-def test_device_decoding_scores_like_worker_decoding(default_model, files, samples):
+def test_device_decoding_scores_like_worker_decoding(default_torch_model, files, samples):
+    default_model = default_torch_model
     device_model = copy.copy(default_model)
     device_model.decode = "device"
     assert device_model.decodes_on_device and not default_model.decodes_on_device

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -9,17 +10,50 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from qfmiqm.data.distortions import LUMA
-from qfmiqm.data.transforms import InputPolicy, policy_crops
+from qfmiqm.data.colour import LUMA
+from qfmiqm.data.policy import InputPolicy, policy_views
 from qfmiqm.errors import WeightsError
 from qfmiqm.models.card import ModelCard
 from qfmiqm.models.tone import STATISTICS, ToneTerm, tone_statistics
 from qfmiqm.train.tone import fit_tone_term, ordered_share, scene_pairs
 
+ROOT = Path(__file__).resolve().parents[1]
 POLICY = InputPolicy()
+
+
+def _torch_reference(crops: torch.Tensor) -> torch.Tensor:
+    """The statistics as computed before the move to numpy (torch, uint8 crops (N, K, 3, S, S)),
+    kept here as the oracle that the numpy version reproduces."""
+    def percentiles(values, qs):
+        n_bins, (b, m) = 256 * 4, values.shape
+        idx = (values * 4).long().clamp_(0, n_bins - 1) + torch.arange(b).unsqueeze(1) * n_bins
+        cdf = torch.bincount(idx.flatten(), minlength=b * n_bins).view(b, n_bins).cumsum(dim=1).double()
+        targets = torch.tensor(qs, dtype=torch.float64) / 100.0 * m
+        first = torch.searchsorted(cdf, targets.expand(b, -1).contiguous())
+        return (first.clamp(max=n_bins - 1).float() + 0.5) / 4
+
+    n = crops.shape[0]
+    rgb = crops.float()
+    y = (rgb * torch.tensor(LUMA).view(1, 1, 3, 1, 1)).sum(dim=2)
+    flat = y.flatten(1)
+    mean = flat.mean(dim=1)
+    std = (flat - mean.unsqueeze(1)).pow(2).mean(dim=1).sqrt()
+    p1, p5, p95, p99 = percentiles(flat, (1, 5, 95, 99)).unbind(dim=1)
+    centred = y.flatten(0, 1).unsqueeze(1)
+    centred = centred - centred.mean(dim=(2, 3), keepdim=True)
+    m, m2 = F.avg_pool2d(centred, 7, stride=1), F.avg_pool2d(centred * centred, 7, stride=1)
+    local = (m2 - m * m).clamp_(min=0.0).sqrt().view(n, -1)
+    local_median = percentiles(local.clamp(max=255.0), (50,)).squeeze(1)
+    saturation = (rgb.amax(dim=2) - rgb.amin(dim=2)).flatten(1).mean(dim=1)
+    return torch.stack([std, p1, p5, p95, p99, mean, local.mean(dim=1), local_median, saturation], dim=1)
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def _contrast(img: np.ndarray, keep: float) -> np.ndarray:
@@ -27,38 +61,82 @@ def _contrast(img: np.ndarray, keep: float) -> np.ndarray:
     return np.clip(arr.mean() + keep * (arr - arr.mean()) + 0.5, 0, 255).astype(np.uint8)
 
 
-def _stats(img: np.ndarray) -> dict[str, float]:
-    values = tone_statistics(policy_crops(img, POLICY).unsqueeze(0))[0].tolist()
-    return dict(zip(STATISTICS, values))
+def _stats(views: list[np.ndarray]) -> dict[str, float]:
+    return dict(zip(STATISTICS, tone_statistics(views).tolist()))
 
 
 @pytest.fixture(scope="module")
 def coffee(samples) -> np.ndarray:
-    return np.asarray(Image.open(samples["coffee"]).convert("RGB"))
+    return _rgb(samples["coffee"])
 
 
-def test_statistics_agree_with_numpy_over_all_crops_of_an_image(coffee):
-    crops = policy_crops(coffee, POLICY)  # 5 crops of the 400 x 600 photo
-    rgb = crops.permute(0, 2, 3, 1).numpy().astype(np.float64)
-    y = rgb @ np.array(LUMA)
-    got = _stats(coffee)
-    assert got["luma_mean"] == pytest.approx(y.mean(), abs=1e-3)
-    assert got["luma_std"] == pytest.approx(y.std(), rel=1e-4)
+@pytest.mark.parametrize("policy", [POLICY, InputPolicy(num_crops=9), InputPolicy(size=300, num_crops=1)],
+                         ids=["5x224", "9x224", "1x300"])
+def test_statistics_reproduce_the_torch_implementation_on_real_crops(samples, policy):
+    for name in ("chelsea", "coffee", "rocket"):
+        views = policy_views(_rgb(samples[name]), policy)
+        got = tone_statistics(views)
+        assert got.dtype == np.float32 and got.shape == (len(STATISTICS),)
+        crops = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2)[None]
+        np.testing.assert_allclose(got, _torch_reference(crops)[0].numpy(), rtol=1e-4, atol=1e-3, err_msg=name)
+
+
+def _local_std(y: np.ndarray) -> np.ndarray:
+    """float64 7x7 local std at the windows wholly inside ``y`` (h, w)."""
+    m = ndimage.uniform_filter(y, 7)[3:-3, 3:-3]
+    m2 = ndimage.uniform_filter(y * y, 7)[3:-3, 3:-3]
+    return np.sqrt(np.maximum(m2 - m * m, 0))
+
+
+def test_statistics_agree_with_numpy_over_views_of_different_sizes(coffee):
+    views = [coffee[:, :250], coffee[:, 250:], coffee[100:324, 100:324]]  # 400x250, 400x350, 224x224
+    rgb = [v.astype(np.float64) for v in views]
+    y = [v @ LUMA.astype(np.float64) for v in rgb]
+    every = np.concatenate([v.ravel() for v in y])
+    got = _stats(views)
+    assert got["luma_mean"] == pytest.approx(every.mean(), abs=1e-3)
+    assert got["luma_std"] == pytest.approx(every.std(), rel=1e-4)
     for q in (1, 5, 95, 99):  # histogram percentiles: exact to the 0.25-level bin
-        assert abs(got[f"p{q}"] - np.percentile(y, q)) <= 0.3, q
-    assert got["saturation"] == pytest.approx((rgb.max(axis=3) - rgb.min(axis=3)).mean(), rel=1e-4)
-    local = []
-    for crop in y:  # 7x7 windows wholly inside each crop
-        m = ndimage.uniform_filter(crop, 7)[3:-3, 3:-3]
-        m2 = ndimage.uniform_filter(crop * crop, 7)[3:-3, 3:-3]
-        local.append(np.sqrt(np.maximum(m2 - m * m, 0)))
-    local = np.concatenate([v.ravel() for v in local])
-    assert got["local_std_mean"] == pytest.approx(local.mean(), rel=1e-3)
+        assert abs(got[f"p{q}"] - np.percentile(every, q)) <= 0.3, q
+    sat = np.concatenate([(v.max(axis=2) - v.min(axis=2)).ravel() for v in rgb])
+    assert got["saturation"] == pytest.approx(sat.mean(), rel=1e-6)
+    local = np.concatenate([_local_std(v).ravel() for v in y])  # each view's own windows
+    assert got["local_std_mean"] == pytest.approx(local.mean(), rel=1e-5)
     assert abs(got["local_std_median"] - np.median(local)) <= 0.3
 
 
+def test_two_halves_differ_from_the_whole_only_in_the_windows_across_the_cut(coffee):
+    whole, halves = _stats([coffee]), _stats([coffee[:, :300], coffee[:, 300:]])
+    for name in ("luma_std", "p1", "p5", "p95", "p99", "luma_mean", "saturation"):
+        assert halves[name] == pytest.approx(whole[name], rel=1e-6), name
+    local = _local_std(coffee.astype(np.float64) @ LUMA.astype(np.float64))  # (394, 594)
+    assert whole["local_std_mean"] == pytest.approx(local.mean(), rel=1e-5)
+    # windows start at columns 0..593; those starting at 294..299 straddle the cut at 300
+    kept = np.concatenate([local[:, :294], local[:, 300:]], axis=1)
+    assert halves["local_std_mean"] == pytest.approx(kept.mean(), rel=1e-5)
+    assert halves["local_std_mean"] != pytest.approx(whole["local_std_mean"], rel=1e-5)
+
+
+def test_strips_neither_drop_nor_double_count_rows_or_windows(coffee, monkeypatch):
+    """The statistics do not depend on how views are cut into strips of rows (tone._STRIP_PIXELS):
+    one strip per view, the default, or strips of LOCAL_WINDOW rows."""
+    from qfmiqm.models import tone
+
+    views = [coffee, coffee[:300, :224], np.ascontiguousarray(coffee.transpose(1, 0, 2))]
+    default = tone_statistics(views)
+    for pixels in (1 << 30, 1):
+        monkeypatch.setattr(tone, "_STRIP_PIXELS", pixels)
+        np.testing.assert_allclose(tone_statistics(views), default, rtol=1e-6, err_msg=str(pixels))
+
+
+def test_the_order_of_the_views_does_not_matter(coffee, chelsea_rgb):
+    a, b = policy_views(coffee, POLICY), policy_views(chelsea_rgb, POLICY)
+    np.testing.assert_allclose(tone_statistics(a + b), tone_statistics(b[::-1] + a[::-1]), rtol=1e-6)
+    assert not np.allclose(tone_statistics(a), tone_statistics(b))
+
+
 def test_a_contrast_loss_shrinks_the_tonal_range_in_proportion(coffee):
-    before, after = _stats(coffee), _stats(_contrast(coffee, 0.7))
+    before, after = _stats(policy_views(coffee, POLICY)), _stats(policy_views(_contrast(coffee, 0.7), POLICY))
     assert after["luma_std"] / before["luma_std"] == pytest.approx(0.7, abs=0.02)
     assert (after["p99"] - after["p1"]) / (before["p99"] - before["p1"]) == pytest.approx(0.7, abs=0.03)
     assert after["local_std_mean"] / before["local_std_mean"] == pytest.approx(0.7, abs=0.03)
@@ -66,28 +144,52 @@ def test_a_contrast_loss_shrinks_the_tonal_range_in_proportion(coffee):
     assert after["luma_mean"] == pytest.approx(before["luma_mean"], rel=0.02)
 
 
-def test_images_of_a_batch_are_independent(coffee, chelsea_rgb):
-    a, b = policy_crops(coffee, POLICY), policy_crops(chelsea_rgb, POLICY)
-    together = tone_statistics(torch.stack([a, b]))
-    alone = torch.cat([tone_statistics(a[None]), tone_statistics(b[None])])
-    torch.testing.assert_close(together, alone)
-    assert not torch.allclose(together[0], together[1])
+def test_flat_images_have_no_spread():
+    grey = _stats([np.full((32, 32, 3), 128, np.uint8), np.full((300, 40, 3), 128, np.uint8)])
+    assert grey["luma_std"] == 0 and grey["local_std_mean"] == 0 and grey["saturation"] == 0
+    assert grey["p1"] == grey["p99"] == 128.125  # centre of the 0.25-wide bin of 128
+    colour = _stats([np.full((500, 375, 3), (10, 200, 90), np.uint8)])
+    assert colour["luma_std"] == 0 and colour["local_std_mean"] == 0 and colour["saturation"] == 190
 
 
-def test_a_flat_grey_image_has_no_spread():
-    flat = torch.full((1, 2, 3, 32, 32), 128, dtype=torch.uint8)
-    s = dict(zip(STATISTICS, tone_statistics(flat)[0].tolist()))
-    assert s["luma_std"] == 0 and s["local_std_mean"] == 0 and s["saturation"] == 0
-    assert s["p1"] == s["p99"] == pytest.approx(128.125)  # centre of the 0.25-wide bin of 128
+def test_statistics_refuse_what_is_not_an_image():
+    with pytest.raises(ValueError, match="at least one view"):
+        tone_statistics([])
+    for bad in (np.zeros((32, 32, 3), np.float32), np.zeros((32, 32), np.uint8), np.zeros((6, 32, 3), np.uint8)):
+        with pytest.raises(ValueError, match="a view must be"):
+            tone_statistics([bad])
+
+
+def test_statistics_import_neither_torch_nor_scipy():
+    """The ONNX Runtime scoring path imports the module without torch or scipy installed."""
+    code = f"""
+import sys, types
+sys.modules["torch"] = sys.modules["scipy"] = None  # importing either now fails
+for pkg in ("qfmiqm", "qfmiqm.data", "qfmiqm.models"):  # skip qfmiqm/__init__.py, which loads scoring
+    sys.modules[pkg] = types.ModuleType(pkg)
+    sys.modules[pkg].__path__ = [{str(ROOT)!r} + "/" + pkg.replace(".", "/")]
+import numpy as np
+from qfmiqm.models.tone import ToneTerm, tone_statistics
+print(tone_statistics([np.full((16, 16, 3), 128, np.uint8)])[1])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "128.125"
 
 
 def _term(weights=(1.0,) + (0.0,) * 8) -> ToneTerm:
     return ToneTerm(mean=tuple(range(9)), scale=(2.0,) * 9, weights=tuple(weights), bias=0.5)
 
 
-def test_term_is_linear_in_the_standardised_statistics():
-    stats = torch.tensor([[4.0] + [0.0] * 8, [10.0] + [0.0] * 8])
-    torch.testing.assert_close(_term().of_statistics(stats), torch.tensor([2.5, 5.5]))
+def test_term_is_linear_in_the_standardised_statistics(coffee):
+    stats = np.array([[4.0] + [0.0] * 8, [10.0] + [0.0] * 8], dtype=np.float32)
+    got = _term().of_statistics(stats)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, [2.5, 5.5])
+    views = policy_views(coffee, POLICY)
+    term = _term(weights=tuple(np.linspace(-1, 1, 9)))
+    assert term(views) == pytest.approx(float(term.of_statistics(tone_statistics(views)[None])[0]))
+    assert isinstance(term(views), float)
 
 
 def test_card_round_trips_the_term_and_refuses_a_foreign_one():
@@ -120,7 +222,7 @@ def test_fit_corrects_the_pairs_a_head_cannot_order():
     pairs = np.stack([np.arange(n), np.arange(n) + n], axis=1)
     assert ordered_share(head, pairs) == 0.0
     term = fit_tone_term(stats, head, pairs, lam=1e-3, temperature=1.0)
-    with_term = head + term.of_statistics(torch.tensor(stats, dtype=torch.float32)).double().numpy()
+    with_term = head + term.of_statistics(stats)
     assert ordered_share(with_term, pairs) == 1.0
     assert term.weights[0] > 0 and max(abs(w) for w in term.weights[1:]) < 0.25 * term.weights[0]
     assert abs(with_term.mean() - head.mean()) < 1e-6  # standardised: no shift of the score scale
@@ -177,7 +279,7 @@ def test_fit_tone_tool_end_to_end(load_tool, samples, tmp_path, monkeypatch):
                                       "--workers", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     config = tmp_path / "tone.yaml"
-    config.write_text(f"_base_: {Path(__file__).parents[1] / 'configs' / 'default_model.yaml'}\n"
+    config.write_text(f"_base_: {ROOT / 'configs' / 'default_model.yaml'}\n"
                       f"data:\n  dataset: {synth / 'labels.csv'}\ntrain:\n  cache_dir: {tmp_path / 'cache'}\n")
     out = tmp_path / "with_tone.safetensors"
     tool = load_tool("fit_tone")
@@ -193,8 +295,8 @@ def test_fit_tone_tool_end_to_end(load_tool, samples, tmp_path, monkeypatch):
     assert all(torch.equal(v, load_file(str(default.weights_path))[k]) for k, v in head.items())
     image = str(samples["coffee"])
     m, d = qfmiqm.load(out, device="cpu"), qfmiqm.load("default", device="cpu")
-    crops = policy_crops(np.asarray(Image.open(image).convert("RGB")), POLICY).unsqueeze(0)
-    expected = d.score(image) - float(d.tone_term(crops)[0]) + float(m.tone_term(crops)[0])
+    views = policy_views(_rgb(samples["coffee"]), fitted.card.input)
+    expected = d.score(image) - d.card.tone(views) + m.card.tone(views)
     assert m.score(image) == pytest.approx(expected, abs=1e-3)
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import qfmiqm
 from qfmiqm.data.images import open_image
-from qfmiqm.data.transforms import policy_crops
+from qfmiqm.data.policy import policy_views, view_weights
 
 DEFAULT_TYPES = "gaussian_blur,lens_blur,jpeg,jpeg2000,white_noise,contrast_change"
 
@@ -56,12 +56,15 @@ class FeatureReader:
     @torch.inference_mode()
     def __call__(self, path: Path) -> tuple[np.ndarray, float]:
         if path not in self.cache:
-            crops = policy_crops(open_image(path), self.model.policy)
-            head = self.model.net.head
-            pooled = head.pool(self.model.net.backbone(self.model.network_input(crops)))
-            feature = torch.cat([m.float().mean(0).flatten() for m in pooled.maps]).numpy()
-            raw = (head.score(pooled).float().mean() + self.model.tone_term(crops.unsqueeze(0))[0]).item()
-            self.cache[path] = (feature, self.model.card.score.apply(raw))
+            views = policy_views(open_image(path), self.model.policy)
+            graph = self.model.runtime.graph
+            pooled = [graph.pooled(graph.normalised(torch.from_numpy(v)[None])) for v in views]
+            weights = view_weights(views)
+            # the pixel-weighted mean of each level's pooled grid over the views, as one vector
+            feature = torch.cat([sum(w * p.maps[lv][0].float() for w, p in zip(weights, pooled)).flatten()
+                                 for lv in range(len(pooled[0].maps))]).numpy()
+            raw = float(self.model.raw_scores([path])[0])
+            self.cache[path] = (feature, self.model.map_score(raw))
         return self.cache[path]
 
 
@@ -120,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_grad_enabled(False)
-    read = FeatureReader(qfmiqm.load(args.model, device="cpu"))
+    read = FeatureReader(qfmiqm.load(args.model, device="cpu", runtime="torch"))
     train, test = (dict(sorted(versions_by_scene(root).items())[:args.max_scenes]) for root in (args.train, args.test))
     print(f"probe trained on {args.train} ({len(train)} scenes), tested on {args.test} ({len(test)} scenes); "
           f"pristine vs level {args.level}")

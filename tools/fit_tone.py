@@ -8,7 +8,7 @@ with it: same head weights, the term in the card.
 It fits on every row of the config's ``data.dataset`` (the run's validation and test scenes
 included: the held-out photos are elsewhere). The frozen head's scores come from the run's
 feature cache (the mean of each image's ``train.crops_per_image`` cached crops, missing crops are
-computed); the statistics are those of each image's policy crops, as in scoring. On the 2-core dev VM: about 4 minutes for
+computed); the statistics are those of each image's policy views, as in scoring. On the 2-core dev VM: about 4 minutes for
 the 21,216 images of the default recipe.
 """
 from __future__ import annotations
@@ -25,17 +25,19 @@ from qfmiqm.data.datasets import load as load_dataset
 from qfmiqm.errors import QfmiqmError
 from qfmiqm.models.registry import load_net, resolve_model, save_model
 from qfmiqm.models.tone import STATISTICS
-from qfmiqm.train.cache import FeatureCache
+from qfmiqm.train.cache import FeatureCache, resolve_cache_runtime
 from qfmiqm.train.schema import load_train_config
 from qfmiqm.train.tone import fit_tone_term, image_statistics, ordered_share, scene_pairs
 
 
 def head_scores(net, card, cfg, ds) -> np.ndarray:
     """The frozen model's 0-100 scores of the training images, from the feature cache."""
+    # the run's own cache: same runtime, same training crops (train_size), so nothing is recomputed
+    runtime = resolve_cache_runtime(cfg.train.cache_runtime, torch.device("cpu"), False, net.backbone.spec.kind)
     cache = FeatureCache(cfg.train.cache_dir, net, card.input, cfg.data.hflip, cfg.train.cache_dtype,
-                         compute_dtype=str(torch.float32))
+                         compute_dtype=str(torch.float32), runtime=runtime)
     k = cfg.train.crops_per_image
-    bank = cache.bank(ds, k)
+    bank = cache.bank(ds, k, cfg.model.input.train_policy(card.input))
     out = []
     with torch.inference_mode():
         for start in range(0, len(ds), 512):
@@ -73,7 +75,7 @@ def fit() -> None:
     scores = head_scores(net, entry.card, cfg, ds)
     stats = image_statistics(ds, entry.card.input)
     term = fit_tone_term(stats, scores, pairs, lam=args.lam, temperature=args.temperature)
-    with_term = scores + term.of_statistics(torch.from_numpy(stats).float()).double().numpy()
+    with_term = scores + term.of_statistics(stats)
     print(f"fitted on {len(pairs)} (pristine, version) pairs of {len(ds)} images ({cfg.data.dataset}); "
           f"pairs ordered: {ordered_share(scores, pairs):.1%} without the term, {ordered_share(with_term, pairs):.1%} with it")
     print("weights per standardised statistic: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(STATISTICS, term.weights)))

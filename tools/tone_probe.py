@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from feature_probe import fit_probe, rated_above, share, versions_by_scene  # noqa: E402
 from test_default_model import DISTORTIONS  # noqa: E402 - the test's own contrast loss
 
-from qfmiqm.data.distortions import LUMA  # noqa: E402
+from qfmiqm.data.colour import LUMA  # noqa: E402
 
 STATISTICS = ("luma_std", "range_1_99", "range_5_95", "p1", "p99", "luma_mean", "local_std_mean",
               "local_std_median", "saturation")

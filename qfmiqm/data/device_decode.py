@@ -24,13 +24,10 @@ import torch
 from PIL import Image
 
 from qfmiqm.data.images import _check_file, _check_pixel_count
-from qfmiqm.data.transforms import MAX_ASPECT_RATIO, InputPolicy, crop_offsets, keeps_native_size
+from qfmiqm.data.policy import MAX_ASPECT_RATIO, InputPolicy, cut_views, keeps_native_size
 from qfmiqm.errors import UsageError
 
-#: ``workers``: Pillow in worker processes (the default: the same pixels on every machine);
-#: ``device``: JPEGs decoded on the model's device (nvJPEG on CUDA, libjpeg-turbo on CPU).
-DECODE_MODES = ("workers", "device")
-DEFAULT_DECODE = "workers"
+from qfmiqm.data.feed import DECODE_MODES, DEFAULT_DECODE  # noqa: E402,F401 - their home is the feed
 #: EXIF tag 274: orientation. Values 2-8 mean Pillow would rotate or mirror the pixels.
 _ORIENTATION = 274
 
@@ -104,11 +101,11 @@ def _needs_resize(size: tuple[int, int], policy: InputPolicy) -> bool:
     return not keeps_native_size(h, w, policy) or max(w, h) > MAX_ASPECT_RATIO * min(w, h)
 
 
-def crops_on_device(encoded: Sequence[torch.Tensor], policy: InputPolicy,
-                    device: torch.device) -> list[torch.Tensor | None]:
-    """Decode JPEG bytes on ``device`` and cut the policy's crops there: per input, uint8 crops
-    (K, 3, S, S) on the device, or None where the device decoder refused the file (the caller
-    then decodes it with Pillow, which either manages or words the reason).
+def views_on_device(encoded: Sequence[torch.Tensor], policy: InputPolicy,
+                    device: torch.device) -> list[list[torch.Tensor] | None]:
+    """Decode JPEG bytes on ``device`` and cut the policy's views there: per input, the uint8 views
+    (h, w, 3) on the device, or None where the device decoder refused the file (the caller then
+    decodes it with Pillow, which either manages or words the reason).
 
     The batch is decoded in one call; when that fails, file by file, so that one bad file costs
     only its own result.
@@ -122,10 +119,4 @@ def crops_on_device(encoded: Sequence[torch.Tensor], policy: InputPolicy,
                 images.append(_decode_jpegs([data], device)[0])
             except RuntimeError:
                 images.append(None)
-    return [None if img is None else _policy_crops_chw(img, policy) for img in images]
-
-
-def _policy_crops_chw(img: torch.Tensor, policy: InputPolicy) -> torch.Tensor:
-    _, h, w = img.shape
-    s = policy.size
-    return torch.stack([img[:, y:y + s, x:x + s] for y, x in crop_offsets(policy.num_crops, h, w, s)])
+    return [None if img is None else cut_views(img.permute(1, 2, 0), policy) for img in images]

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, signal
 
+from qfmiqm.data.colour import LUMA
 from qfmiqm.errors import UsageError
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -114,8 +115,6 @@ def _rgb_from_lab(lab: np.ndarray) -> np.ndarray:
         return lab2rgb(lab).astype(np.float32)
 
 
-#: BT.601 luma weights (R, G, B): the luminance every contrast- and edge-based step uses.
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # Full-range BT.601 YCbCr (JPEG's), on [0, 1] pixels.
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],

@@ -39,16 +39,15 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from qfmiqm.data.distortions import DISTORTIONS, LEVELS, LUMA, available_names, get_distortion
+from qfmiqm.data.colour import LUMA
+from qfmiqm.data.distortions import DISTORTIONS, LEVELS, available_names, get_distortion
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.files import write_bytes_atomic
 
 # --- defaults (the one place they live) ----------------------------------------------------
 
-DEFAULT_LEVELS = 5
-DEFAULT_SEED = 0
-DEFAULT_FORMAT = "png"
-DEFAULT_CROPS = 1
+from qfmiqm.data.synth_defaults import DEFAULT_CROPS, DEFAULT_FORMAT, DEFAULT_LEVELS, DEFAULT_SEED, FORMAT_NAMES  # noqa: E402
+
 LABELS_NAME = "labels.csv"
 MANIFEST_NAME = "synth.json"
 JOURNAL_NAME = ".labels.partial.csv"
@@ -72,6 +71,7 @@ FORMATS: dict[str, OutputFormat] = {
     "png": OutputFormat(".png", {"format": "PNG", "compress_level": 3}, lossy=False),
     "jpeg": OutputFormat(".jpg", {"format": "JPEG", "quality": 95, "subsampling": "4:4:4"}, lossy=True),
 }
+assert tuple(FORMATS) == FORMAT_NAMES, "synth_defaults.FORMAT_NAMES must list FORMATS"
 
 
 def _skimage(name: str, item: Optional[int] = None) -> Callable[[], np.ndarray]:

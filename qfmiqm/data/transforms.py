@@ -1,100 +1,15 @@
-"""The input policy: how an image of any size becomes the model's fixed-size crops.
-
-One policy for scoring, evaluation, export and benchmarks, stored in the model card:
-
-1. Images are kept at native resolution, because downscaling a whole photo erases the blur
-   and compression artefacts a quality model must see (docs/input-policy.md).
-2. Only when the shorter side exceeds ``max_short_side`` is the image downscaled (bicubic,
-   antialiased) so that the shorter side equals it; images smaller than the crop size are
-   upscaled so that the shorter side equals the crop size.
-3. ``num_crops`` deterministic crops of ``size`` x ``size`` are taken: 1 = centre,
-   5 = four corners + centre, k*k = an evenly spaced k x k grid. The score is their mean.
-"""
+"""Torch transforms over the input policy (qfmiqm.data.policy): crops as tensors, normalisation,
+and the dataset transforms (random crops for training, the policy's views for testing)."""
 from __future__ import annotations
-
-import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
-from qfmiqm.errors import ImageError, UsageError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_ASPECT_RATIO = 64
-
-
-@dataclass(frozen=True)
-class InputPolicy:
-    """How an image becomes model input. Travels with the model in its card."""
-
-    size: int = 224
-    max_short_side: int = 1024
-    num_crops: int = 5
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if self.size < 16:
-            raise UsageError(f"input size {self.size} is too small (minimum 16)")
-        if self.max_short_side < self.size:
-            raise UsageError(f"max_short_side {self.max_short_side} is smaller than the crop size {self.size}")
-        crop_offsets(self.num_crops, self.size + 1, self.size + 1, self.size)  # validates num_crops
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "InputPolicy":
-        d = dict(d)
-        for key in ("mean", "std"):
-            if key in d:
-                d[key] = tuple(float(v) for v in d[key])
-        return cls(**d)
-
-    def replace(self, **changes) -> "InputPolicy":
-        return InputPolicy.from_dict({**self.to_dict(), **changes})
-
-
-def keeps_native_size(height: int, width: int, policy: InputPolicy) -> bool:
-    """Whether the policy uses an image of this size as it is (no resize)."""
-    return policy.size <= min(height, width) <= policy.max_short_side
-
-
-def resize_for_policy(img: np.ndarray, policy: InputPolicy) -> np.ndarray:
-    """Rescale an RGB uint8 image so that size <= shorter side <= max_short_side."""
-    h, w = img.shape[:2]
-    short = min(h, w)
-    if max(h, w) > MAX_ASPECT_RATIO * short:
-        # upscaling a 1 x 50000 strip to a 224-pixel short side would need gigabytes
-        raise ImageError(f"extreme aspect ratio ({w}x{h}; at most {MAX_ASPECT_RATIO}:1 is supported)")
-    if keeps_native_size(h, w, policy):
-        return img
-    target = policy.size if short < policy.size else policy.max_short_side
-    scale = target / short
-    new_w, new_h = max(policy.size, round(w * scale)), max(policy.size, round(h * scale))
-    return np.asarray(Image.fromarray(img).resize((new_w, new_h), Image.BICUBIC, reducing_gap=None))
-
-
-def crop_offsets(num_crops: int, height: int, width: int, size: int) -> list[tuple[int, int]]:
-    """Top-left corners of the policy's deterministic crops (1, 5 or k*k)."""
-    max_y, max_x = height - size, width - size
-    if max_y < 0 or max_x < 0:
-        raise ValueError(f"image {height}x{width} is smaller than the crop size {size}")
-    if num_crops == 1:
-        return [(max_y // 2, max_x // 2)]
-    if num_crops == 5:
-        return [(0, 0), (0, max_x), (max_y, 0), (max_y, max_x), (max_y // 2, max_x // 2)]
-    k = math.isqrt(num_crops)
-    if k * k != num_crops or k < 1:
-        raise UsageError(f"num_crops must be 1, 5 or a square number (4, 9, 16, ...), got {num_crops}")
-    ys = [round(i * max_y / (k - 1)) for i in range(k)]
-    xs = [round(i * max_x / (k - 1)) for i in range(k)]
-    return [(y, x) for y in ys for x in xs]
+from qfmiqm.data.policy import (  # noqa: F401 - re-exported: the policy's home is qfmiqm.data.policy
+    IMAGENET_MEAN, IMAGENET_STD, MAX_ASPECT_RATIO, InputPolicy, crop_offsets, keeps_native_size, policy_views,
+    resize_for_policy,
+)
+from qfmiqm.errors import UsageError
 
 
 def policy_crops(img: np.ndarray, policy: InputPolicy) -> torch.Tensor:
@@ -106,6 +21,24 @@ def policy_crops(img: np.ndarray, policy: InputPolicy) -> torch.Tensor:
     img = resize_for_policy(img, policy)
     h, w = img.shape[:2]
     return cut_crops(img, crop_offsets(policy.num_crops, h, w, policy.size), policy.size)
+
+
+def validation_views(img: np.ndarray, policy: InputPolicy) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> uint8 (K, 3, h, w): what training-time validation scores of an image.
+
+    ``crops`` layout: the policy's crops, exactly as scoring. ``whole`` layout: the whole resized
+    image as one view when it fits one tile, else its centred tile-sized region; scoring covers
+    such an image with several tiles, but in-training validation needs one view per image (a
+    fixed number of cached views), so it scores the centre only. Only model selection sees this.
+    """
+    if policy.layout == "crops":
+        return policy_crops(img, policy)
+    img = resize_for_policy(img, policy)
+    h, w = img.shape[:2]
+    th, tw = min(h, policy.tile), min(w, policy.tile)
+    y, x = (h - th) // 2, (w - tw) // 2
+    view = np.array(img[y:y + th, x:x + tw])  # a writable copy: torch.from_numpy warns on read-only arrays
+    return torch.from_numpy(view).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def cut_crops(img: np.ndarray, offsets: list[tuple[int, int]], size: int) -> torch.Tensor:
@@ -172,7 +105,7 @@ class PolicyCrops:
         self.policy = dataset_policy(policy, max_short_side)
 
     def __call__(self, img: np.ndarray) -> torch.Tensor:
-        return policy_crops(img, self.policy)
+        return validation_views(img, self.policy)
 
     def __repr__(self) -> str:
         return (f"PolicyCrops(size={self.policy.size}, max_short_side={self.policy.max_short_side}, "

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from qfmiqm.data.images import to_rgb_array
-from qfmiqm.data.transforms import crop_offsets, cut_crops, resize_for_policy
+from qfmiqm.data.policy import resize_for_policy, view_boxes, view_weights
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.files import atomic_path
 from qfmiqm.models.qfm import QualityNet
@@ -55,8 +55,8 @@ class AttentionMap:
 
 
 def supports_maps(model: QualityModel) -> bool:
-    """Whether ``model`` runs a PyTorch ``QualityNet`` (an ONNX model has no attention to read)."""
-    return isinstance(getattr(model, "net", None), QualityNet)
+    """Whether ``model`` runs a PyTorch ``QualityNet`` (ONNX Runtime has no attention to read)."""
+    return model.runtime.name == "torch" and isinstance(model.net, QualityNet)
 
 
 def crop_attention(net: QualityNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ def crop_attention(net: QualityNet, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return raw, torch.stack(levels).mean(dim=0)
 
 
-def place_crops(crop_maps: np.ndarray, offsets: list[tuple[int, int]], height: int,
+def place_crops(crop_maps: list[np.ndarray], offsets: list[tuple[int, int]], height: int,
                 width: int) -> tuple[np.ndarray, np.ndarray]:
     """Crop maps (K, S, S) at their top-left ``offsets`` -> (mean map (H, W), covered (H, W)).
     Overlaps are averaged; uncovered pixels are 0."""
@@ -111,19 +111,27 @@ def attention_map(model: QualityModel, item: Any) -> AttentionMap:
     """The attention map of one image (path, PIL image, array or tensor), decoded, resized and
     cropped by the model's input policy exactly as for scoring."""
     if not supports_maps(model):
-        raise UsageError("attention maps need a PyTorch model (not ONNX)")
+        raise UsageError("attention maps need the PyTorch runtime (runtime='torch'; not an ONNX file)")
     policy = model.policy
     img = resize_for_policy(to_rgb_array(item, model.max_pixels, min_short_side=policy.max_short_side), policy)
     h, w = img.shape[:2]
-    s = policy.size
-    offsets = crop_offsets(policy.num_crops, h, w, s)
-    crops = cut_crops(img, offsets, s)
+    boxes = view_boxes(h, w, policy)
+    views = [np.ascontiguousarray(img[y0:y1, x0:x1]) for y0, x0, y1, x1 in boxes]
+    graph = model.runtime.graph
+    raws, maps = [], []
     with torch.inference_mode():
-        raw, maps = crop_attention(model.net, model.network_input(crops))
-        raw = raw.float().mean() + model.tone_term(crops.unsqueeze(0).to(model.device))[0]  # as `qfmiqm score`
-    score = model.card.score.apply(float(raw))
-    values, covered = place_crops(maps.cpu().numpy(), offsets, h, w)
-    return AttentionMap(img, normalise(values, covered), covered, score, offsets)
+        for v in views:  # one at a time: the views of the whole layout differ in size
+            raw, vmap = crop_attention(model.net, graph.normalised(torch.from_numpy(v)[None].to(model.device)))
+            raws.append(float(raw[0]))
+            maps.append(vmap[0].cpu().numpy())
+    raw = float(np.dot(view_weights(views), raws))
+    if model.card.tone is not None:  # as `qfmiqm score`
+        from qfmiqm.models.tone import tone_statistics
+
+        raw += float(model.card.tone.of_statistics(tone_statistics(views)[None])[0])
+    offsets = [(y0, x0) for y0, x0, _, _ in boxes]
+    values, covered = place_crops(maps, offsets, h, w)
+    return AttentionMap(img, normalise(values, covered), covered, model.map_score(raw), offsets)
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qfmiqm.data.transforms import InputPolicy
+from qfmiqm.data.policy import InputPolicy
 from qfmiqm.errors import WeightsError
 from qfmiqm.files import write_text_atomic
 from qfmiqm.models.tone import ToneTerm

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qfmiqm.data.distortions import LUMA  # the luminance the synthetic distortions use
+from qfmiqm.data.colour import LUMA  # the luminance the synthetic distortions use
 
 #: bump when the statistics change: cached features of another version are not reused
 VERSION = 1

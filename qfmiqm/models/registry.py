@@ -12,15 +12,15 @@ import os
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from qfmiqm.errors import UsageError, WeightsError
 from qfmiqm.files import atomic_path
-from qfmiqm.models.backbones import create_backbone, get_backbone_spec
 from qfmiqm.models.card import ModelCard
-from qfmiqm.models.qfm import QualityNet
-from qfmiqm.models.weights import load_strict, read_state_dict, sha256_file
+from qfmiqm.files import sha256_file
+
+if TYPE_CHECKING:
+    from qfmiqm.models.qfm import QualityNet
 
 CARD_METADATA_KEY = "qfmiqm_card"
 
@@ -38,6 +38,8 @@ class ModelEntry:
 
     @property
     def weights_present(self) -> bool:
+        from qfmiqm.models.backbones import get_backbone_spec
+
         backbone_ok = self.card.includes_backbone or get_backbone_spec(self.card.backbone).weights_offline
         return self.weights_path.is_file() and backbone_ok
 
@@ -79,7 +81,7 @@ def read_checkpoint_card(path: Path) -> ModelCard:
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # metadata only: no torch needed
             meta = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{path}: corrupted or truncated safetensors file ({exc})") from None
@@ -91,6 +93,9 @@ def read_checkpoint_card(path: Path) -> ModelCard:
 def build_net(card: ModelCard, backbone_weights: str | None = None, trust_pickle: bool = False,
               pretrained_backbone: bool = True) -> QualityNet:
     """An untrained-head network of the card's shape, backbone with ImageNet weights."""
+    from qfmiqm.models.backbones import create_backbone
+    from qfmiqm.models.qfm import QualityNet
+
     backbone = create_backbone(
         card.backbone, weights=backbone_weights, trust_pickle=trust_pickle,
         pretrained=pretrained_backbone and not card.includes_backbone,
@@ -107,6 +112,8 @@ def load_net(entry: ModelEntry, backbone_weights: str | None = None, trust_pickl
         digest = sha256_file(entry.weights_path)
         if digest != card.weights_sha256:
             raise WeightsError(f"{entry.weights_path}: checksum mismatch; the file is corrupted or was replaced")
+    from qfmiqm.models.weights import load_strict, read_state_dict
+
     net = build_net(card, backbone_weights, trust_pickle)
     state = read_state_dict(entry.weights_path)
     target = net if card.includes_backbone else net.head
@@ -118,6 +125,8 @@ def load_net(entry: ModelEntry, backbone_weights: str | None = None, trust_pickl
 
 def save_model(net: QualityNet, card: ModelCard, path: str | os.PathLike) -> ModelCard:
     """Write weights (+ card in metadata) and the sidecar card atomically; returns the final card."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     card = replace(card, weights_sha256=None)  # a file cannot carry its own hash
     module = net if card.includes_backbone else net.head

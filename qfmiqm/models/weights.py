@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from qfmiqm.errors import WeightsError
+from qfmiqm.files import sha256_file  # noqa: F401 - re-exported
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -132,14 +133,6 @@ def map_in_order(
             )
         mapped[t_name] = s_val
     return mapped
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from qfmiqm.data.datasets import IQADataset
-from qfmiqm.data.transforms import InputPolicy, RandomPolicyCrop, normalize, policy_crops, resize_for_policy
+from qfmiqm.data.transforms import InputPolicy, RandomPolicyCrop, normalize, resize_for_policy, validation_views
 from qfmiqm.data.images import open_image
 from qfmiqm.models.backbones import BackboneFeatures
 from qfmiqm.models.features import feature_levels, from_levels
@@ -154,7 +154,7 @@ class FeatureCache:
                  dtype: str = "float32", device: torch.device = torch.device("cpu"),
                  autocast: Optional[Callable] = None, workers: int = 0, batch_size: int = 32,
                  rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
-                 log: Callable[[str], None] = print, compute_dtype: str = "float32"):
+                 log: Callable[[str], None] = print, compute_dtype: str = "float32", runtime: str = "torch"):
         self.root = Path(root).expanduser() if root else default_cache_dir()
         self.net, self.policy, self.hflip = net, policy, hflip
         self.dtype = DTYPES[dtype]
@@ -164,29 +164,35 @@ class FeatureCache:
         self.stats = CacheStats()
         #: the autocast dtype the backbone runs in (bf16 features differ from float32 ones)
         self.compute_dtype = compute_dtype
+        #: "onnx": the backbone runs in ONNX Runtime (built on first use), "torch": in PyTorch
+        self.runtime = runtime
+        self._ort = None
         self._weights = state_hash(net.backbone)
 
     def namespace(self, policy: InputPolicy) -> str:
         key = {"format": CACHE_FORMAT, "backbone": self.net.backbone.name, "weights": self._weights,
                "grid": self.net.head.grid, "policy": policy.to_dict(), "hflip": self.hflip,
                "dtype": str(self.dtype), "compute": self.compute_dtype}
+        if self.runtime == "onnx":  # keyed only when used: the PyTorch namespaces stay valid
+            key["runtime"] = "onnxruntime"
         if self.net.backbone.pixel_stats is not None:  # keyed only when present: older namespaces stay valid
             key["pixel_stats"] = PIXEL_STATS_VERSION
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     # --- public views ----------------------------------------------------------------
 
-    def bank(self, ds: IQADataset, k: int) -> CachedFeatures:
-        """K random training crops per image of ``ds``."""
-        policy = ds.policy(self.policy)
+    def bank(self, ds: IQADataset, k: int, train_policy: InputPolicy | None = None) -> CachedFeatures:
+        """K random training crops per image of ``ds`` (cut by ``train_policy``, default the policy)."""
+        policy = ds.policy(train_policy or self.policy)
         return self._view(ds, policy, "bank", list(range(k)), _BankCrops(policy, self.hflip))
 
     def eval(self, ds: IQADataset) -> CachedFeatures:
         """The policy's deterministic test crops of every image of ``ds``."""
         policy = ds.policy(self.policy)
-        n = len(self._policy_offsets(policy))
-        return self._view(ds, policy, f"eval{policy.num_crops}", list(range(n)),
-                          lambda img, digest, crops: policy_crops(img, policy)[list(crops)])
+        n = len(self._policy_offsets(policy)) if policy.layout == "crops" else 1
+        name = f"eval{policy.num_crops}" if policy.layout == "crops" else "eval-whole"
+        return self._view(ds, policy, name, list(range(n)),
+                          lambda img, digest, crops: validation_views(img, policy)[list(crops)])
 
     @staticmethod
     def _policy_offsets(policy: InputPolicy) -> list:
@@ -260,18 +266,24 @@ class FeatureCache:
         self.net.eval()
         try:
             for batch in loader:
-                stacked = torch.cat([c for _, c in batch])
-                x = normalize(stacked.to(self.device), policy)
-                feats = self._pooled(x)
-                sizes = [c.shape[0] for _, c in batch]
-                parts = [torch.split(level, sizes) for level in feature_levels(feats)]
-                for b, (i, _) in enumerate(batch):
-                    levels = [p[b] for p in parts]
-                    self._write(files[i], crops[i], levels)
+                for same_size in _by_view_size(batch):
+                    stacked = torch.cat([c for _, c in same_size])
+                    feats = self._pooled(normalize(stacked.to(self.device), policy))
+                    sizes = [c.shape[0] for _, c in same_size]
+                    parts = [torch.split(level, sizes) for level in feature_levels(feats)]
+                    for b, (i, _) in enumerate(same_size):
+                        self._write(files[i], crops[i], [p[b] for p in parts])
         finally:
             self.net.train(was_training)
 
     def _pooled(self, x: torch.Tensor) -> BackboneFeatures:
+        if self.runtime == "onnx":
+            if self._ort is None:
+                from qfmiqm.models.backbone_onnx import OrtBackbone
+
+                self._ort = OrtBackbone(self.net.backbone)
+            maps = [torch.from_numpy(m) for m in self._ort(x.cpu().numpy())]
+            return self.net.head.pool(BackboneFeatures(maps, None))
         ctx = self.autocast() if self.autocast else _null()
         with ctx:
             feats = self.net.head.pool(self.net.backbone(x))
@@ -297,6 +309,23 @@ class FeatureCache:
                 for lv in range(n_levels):
                     levels[lv][i, c] = tensors[f"{j}/{lv}"]
         return CachedFeatures(levels, has_cls)
+
+
+def _by_view_size(batch: list) -> list[list]:
+    """Split a batch of (index, views (K, 3, h, w)) into runs of one view size (whole-image
+    views differ in size from image to image), keeping order within each run."""
+    groups: dict[tuple, list] = {}
+    for item in batch:
+        groups.setdefault(tuple(item[1].shape[-2:]), []).append(item)
+    return list(groups.values())
+
+
+def resolve_cache_runtime(choice: str, device: torch.device, autocast: bool, backbone_kind: str) -> str:
+    """``train.cache_runtime``: ``auto`` -> ONNX Runtime for a CNN on the CPU without autocast
+    (2-3x faster than eager PyTorch there), else PyTorch; an explicit choice is kept."""
+    if choice != "auto":
+        return choice
+    return "onnx" if device.type == "cpu" and not autocast and backbone_kind == "cnn" else "torch"
 
 
 class _null:

@@ -50,7 +50,7 @@ from qfmiqm.models.card import ModelCard, ScoreMapping
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import build_net, load_net, resolve_model, save_model
 from qfmiqm.train import ddp
-from qfmiqm.train.cache import CachedFeatures, FeatureCache
+from qfmiqm.train.cache import CachedFeatures, FeatureCache, resolve_cache_runtime
 from qfmiqm.train.checkpoint import (
     latest_valid_checkpoint, list_checkpoints, read_checkpoint, save_checkpoint,
 )
@@ -237,6 +237,7 @@ class _Trainer:
         self.net = self._build_net()
         self.base_policy = cfg.model.input.policy(self.net.backbone.mean, self.net.backbone.std)
         self.policy = self.data.train.policy(self.base_policy)
+        self.train_policy = cfg.model.input.train_policy(self.policy)
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.out.dir) / (cfg.out.name or default_run_name(cfg))
         self.name = cfg.model.name or self.run_dir.name
         self.cached = t.cache_features
@@ -451,18 +452,22 @@ class _Trainer:
             t.cache_dir, self.net, self.base_policy, self.cfg.data.hflip, t.cache_dtype, self.device,
             autocast=(lambda: _autocast(self.device, self.amp)) if self.amp else None, workers=self.workers,
             batch_size=self.cfg.eval.batch_size, rank=self.info.rank, world=self.info.world, barrier=ddp.barrier,
-            log=self.progress.message, compute_dtype=str(self.amp or torch.float32),
+            log=self.progress.message, compute_dtype=str(self.amp or torch.float32), runtime=self._cache_runtime(),
         )
         d = self.data
-        self.bank = self.cache.bank(d.train, t.crops_per_image)
+        self.bank = self.cache.bank(d.train, t.crops_per_image, self.cfg.model.input.train_policy(self.base_policy))
         self.eval_feats = {name: self.cache.eval(ds) for name, ds in (("val", d.val), ("test", d.test))
                            if ds is not None and self._needs_eval(name)}
         if self.kd_active:
             self.extra_bank = self.bank if self.cfg.data.extra == EXTRA_FROM_TRAIN \
-                else self.cache.bank(d.extra, t.crops_per_image)
+                else self.cache.bank(d.extra, t.crops_per_image, self.cfg.model.input.train_policy(self.base_policy))
         s = self.cache.stats.to_dict()
         self.progress.message(f"feature cache: {s['crops_reused']} of {s['crops_total']} crops reused, "
                               f"{s['crops_computed']} computed ({s['seconds']:.1f} s)")
+
+    def _cache_runtime(self) -> str:
+        return resolve_cache_runtime(self.cfg.train.cache_runtime, self.device, bool(self.amp),
+                                     self.net.backbone.spec.kind)
 
     def _needs_eval(self, name: str) -> bool:
         if name == "val":
@@ -572,7 +577,7 @@ class _Trainer:
             yield feats, labels[images].to(self.device), extra
 
     def _live_batches(self, sampler: EpochSampler, epoch: int):
-        view = TrainCrops(self.data.train, self.policy, self.cfg.data.hflip, self.cfg.data.repeats,
+        view = TrainCrops(self.data.train, self.train_policy, self.cfg.data.hflip, self.cfg.data.repeats,
                           self.cfg.train.seed, extra=self.data.extra if self.kd_active else None)
         view.set_epoch(epoch)
         loader = DataLoader(view, batch_size=self.cfg.optim.batch_size, sampler=sampler, drop_last=True,
@@ -733,7 +738,7 @@ class _Trainer:
                         out[j] = v
             else:
                 loader = DataLoader(EvalCrops(ds, self.policy), sampler=mine,
-                                    batch_size=max(1, self.cfg.eval.batch_size // self.policy.num_crops),
+                                    batch_size=self._live_eval_batch(),
                                     num_workers=self.workers, pin_memory=self.device.type == "cuda")
                 for idx, crops, _ in loader:
                     n, k = crops.shape[:2]
@@ -748,6 +753,13 @@ class _Trainer:
         for part in ddp.all_gather_objects(out):
             merged.update(part)
         return np.array([merged[i] for i in range(len(ds))], dtype=np.float64) + self.offset
+
+    def _live_eval_batch(self) -> int:
+        """Images per validation batch on a live backbone: whole-image views differ in size, so
+        they go one image at a time."""
+        if self.policy.layout == "whole":
+            return 1
+        return max(1, self.cfg.eval.batch_size // self.policy.num_crops)
 
     # --- the end ---------------------------------------------------------------------------------
 

@@ -76,10 +76,25 @@ class InputConfig:
     num_crops: int = InputPolicy.num_crops
     mean: Optional[tuple[float, float, float]] = None
     std: Optional[tuple[float, float, float]] = None
+    #: what the network sees at test time: "whole" (the whole image, tiled above ``tile``) or
+    #: "crops" (``num_crops`` crops of ``size``); docs/input-policy.md
+    layout: str = InputPolicy.layout
+    tile: int = InputPolicy.tile
+    #: side of the random training crops (None: ``size``); with the whole layout, training on
+    #: larger crops (the whole 288 px image of a synthetic set) matches what the test sees
+    train_size: Optional[int] = None
 
     def policy(self, backbone_mean: tuple, backbone_std: tuple) -> InputPolicy:
         return InputPolicy(self.size, self.max_short_side, self.num_crops,
-                           tuple(self.mean or backbone_mean), tuple(self.std or backbone_std))
+                           tuple(self.mean or backbone_mean), tuple(self.std or backbone_std),
+                           layout=self.layout, tile=self.tile)
+
+    def train_policy(self, policy: InputPolicy) -> InputPolicy:
+        """The policy the random training crops are cut by: ``policy`` with ``train_size``."""
+        if self.train_size is None or self.train_size == policy.size:
+            return policy
+        return policy.replace(size=self.train_size, max_short_side=max(policy.max_short_side, self.train_size),
+                              tile=max(policy.tile, 2 * self.train_size))
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,9 @@ class RunConfig:
     #: training crops (random crop + flip) stored per training image in the cache bank
     crops_per_image: int = 8
     cache_dtype: Literal["float16", "float32"] = "float32"
+    #: what computes the cached features: "onnx" (ONNX Runtime, 2-3x faster than PyTorch eager on
+    #: a CPU), "torch", or "auto" (ONNX Runtime for a CNN backbone on the CPU without autocast)
+    cache_runtime: Literal["auto", "onnx", "torch"] = "auto"
     #: checkpoint every N optimiser steps as well as at each epoch end (0: epoch ends only)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2

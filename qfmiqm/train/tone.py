@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from qfmiqm.data.datasets import IQADataset
 from qfmiqm.data.images import open_image
-from qfmiqm.data.transforms import InputPolicy, policy_crops
+from qfmiqm.data.policy import InputPolicy, policy_views
 from qfmiqm.data.synth import PRISTINE_TYPE
 from qfmiqm.errors import UsageError
 from qfmiqm.models.tone import STATISTICS, ToneTerm, tone_statistics
@@ -31,17 +31,18 @@ class _StatisticsOf(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> np.ndarray:
         img = open_image(self.paths[i], self.max_pixels, min_short_side=self.policy.max_short_side)
-        return tone_statistics(policy_crops(img, self.policy).unsqueeze(0))[0]
+        return tone_statistics(policy_views(img, self.policy))
 
 
 def image_statistics(ds: IQADataset, policy: InputPolicy, workers: int = 2) -> np.ndarray:
-    """(len(ds), len(STATISTICS)) tone statistics of every image of ``ds`` over its policy crops
-    (the dataset's own ``max_short_side`` applies, as in scoring)."""
+    """(len(ds), len(STATISTICS)) float64 tone statistics of every image of ``ds`` over its policy
+    views (the dataset's own ``max_short_side`` applies, as in scoring)."""
+    # the DataLoader is only a pool of decoding workers: batches stay numpy
     loader = DataLoader(_StatisticsOf(ds.paths, ds.policy(policy), ds.max_pixels), batch_size=64,
-                        num_workers=workers, persistent_workers=False)
-    out = [batch.numpy() for batch in loader]
+                        num_workers=workers, persistent_workers=False, collate_fn=np.stack)
+    out = list(loader)
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(STATISTICS)))
 
 
