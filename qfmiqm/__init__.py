@@ -23,7 +23,7 @@ _LAZY = {
     "ScoreResult": "qfmiqm.results",
     "list_models": "qfmiqm.models.registry",
 }
-_SUBMODULES = ("datasets", "metrics")
+_SUBMODULES = ("datasets", "metrics", "ray")  # qfmiqm.ray: needs the ray extra to be useful
 
 
 def __getattr__(name: str) -> Any:

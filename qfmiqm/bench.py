@@ -60,7 +60,8 @@ class BenchResult:
         a = self.backbone_ips
         out = [
             f"device {self.device}, runtime {self.runtime}, {self.images} JPEG images of {w}x{h}, {self.workers} workers, "
-            f"JPEGs decoded {_WHERE[self.decode]}; input: {self.layout}",
+            f"JPEGs decoded {_WHERE[self.decode] if self.workers or self.decode != 'workers' else 'in this process'}; "
+            f"input: {self.layout}",
             f"(a) backbone, native resolution, {self.backbone_runtime:<14}: {a:8.1f} img/s",
         ]
         if self.eager_backbone_ips is not None:
@@ -150,7 +151,7 @@ def run_bench(model: QualityModel, images: int = 64, batch_size: int = 16, size:
     from qfmiqm.bench_limits import backbone_limit_ips, brisque_ips
     from qfmiqm.models.backbones import create_backbone
 
-    workers = default_workers(images, batch_size, model.device) if workers is None else workers
+    workers = default_workers(images, batch_size, model.device, model.runtime.name) if workers is None else workers
     other = _other_decode(model)
     sync = _cuda_sync(model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -161,7 +161,7 @@ class QualityModel:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         if workers is None:
-            workers = default_workers(len(items), batch_size, self.device)
+            workers = default_workers(len(items), batch_size, self.device, self.runtime.name)
         if workers < 0:
             raise UsageError(f"workers must be 0 or more, got {workers}")
         bar = _progress_bar(len(items)) if progress and len(items) > batch_size else None

@@ -188,3 +188,5 @@ def test_decoding_workers_use_the_cores_a_gpu_leaves_free(monkeypatch):
     assert default_workers(10_000, 64, "cpu") == 4          # the CPU forward needs the cores too
     assert default_workers(10_000, 64, "cuda") == 15        # a GPU leaves decoding as the bottleneck
     assert default_workers(3 * 64, 64, "cuda") == 3         # never more workers than batches
+    assert default_workers(10_000, 64, "cpu", "onnx") == 0  # ONNX Runtime's forward needs every core
+    assert default_workers(10_000, 64, "cuda", "onnx") == 15

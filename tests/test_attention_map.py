@@ -79,16 +79,17 @@ def test_map_of_a_real_photo_covers_the_resized_image_in_0_1(default_model, samp
 
 
 def test_map_score_equals_the_models_score(default_model, samples, chelsea_map):
-    assert chelsea_map.score == pytest.approx(default_model.score(str(samples["chelsea"])), abs=1e-6)
+    # the map runs the views one at a time, scoring batches them: float32 sums differ in the last digits
+    assert chelsea_map.score == pytest.approx(default_model.score(str(samples["chelsea"])), abs=1e-4)
     rocket = attention_map(default_model, str(samples["rocket"]))
-    assert rocket.score == pytest.approx(default_model.score(str(samples["rocket"])), abs=1e-6)
+    assert rocket.score == pytest.approx(default_model.score(str(samples["rocket"])), abs=1e-4)
 
 
 def test_a_resized_image_gets_a_map_of_its_policy_size(default_model, samples):
     small = Image.open(samples["coffee"]).convert("RGB").resize((150, 100))  # upscaled to 336 x 224
     m = attention_map(default_model, small)
     assert m.values.shape == (224, 336) and np.isfinite(m.values).all()
-    assert m.score == pytest.approx(default_model.score(small), abs=1e-6)
+    assert m.score == pytest.approx(default_model.score(small), abs=1e-4)
 
 
 def test_place_crops_averages_overlaps_and_marks_uncovered_pixels():

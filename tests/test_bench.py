@@ -13,7 +13,9 @@ def test_bench_measures_all_three_paths_and_memory(default_model):
     assert result.memory["small"] == 4 and result.memory["large"] == 8
     text = "\n".join(result.lines())
     assert "b/a =" in text and "c/a =" in text and "growth" in text
-    assert "JPEGs decoded in the workers" in text
+    assert "JPEGs decoded in this process" in text  # workers=0
+    assert "(a') the same in PyTorch eager" in text and "onnxruntime" in text  # the limit is ONNX Runtime's
+    assert "(d) BRISQUE" in text  # measured when the bench extra is installed, else says how to get it
     assert result.other_decode_ips is None and "(c')" not in text  # the comparison needs a GPU with nvJPEG
 
 

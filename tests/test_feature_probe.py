@@ -42,7 +42,8 @@ def _synth_set(root: Path, photos: dict[str, Path]) -> Path:
     return root
 
 
-def test_probe_finds_blur_on_unseen_photo_and_scores_match_the_model(probe_tool, samples, default_model, tmp_path):
+def test_probe_finds_blur_on_unseen_photo_and_scores_match_the_model(probe_tool, samples, default_torch_model, tmp_path):
+    default_model = default_torch_model  # the probe reads the network's features
     train = probe_tool.versions_by_scene(_synth_set(tmp_path / "train", {k: samples[k] for k in ("chelsea", "rocket")}))
     test = probe_tool.versions_by_scene(_synth_set(tmp_path / "test", {"coffee": samples["coffee"]}))
     assert len(train) == 8 and len(test) == 4

@@ -143,10 +143,10 @@ class _HangingImageFile(ImageFile.ImageFile):
 
 
 def test_a_hung_decoder_is_given_up_and_the_batch_goes_on(default_model, samples, tmp_path, monkeypatch):
-    import qfmiqm.scoring as scoring
+    import qfmiqm.data.feed as feed
 
     Image.register_open(_HangingImageFile.format, _HangingImageFile, lambda prefix: prefix[:4] == b"HANG")
-    monkeypatch.setattr(scoring, "DECODE_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(feed, "DECODE_TIMEOUT_S", 3.0)
     try:
         hang = tmp_path / "hang.png"
         hang.write_bytes(b"HANG" + b"\0" * 100)

@@ -174,3 +174,25 @@ def test_resuming_a_complete_run_returns_its_result(full_run, work):
     again = run_training(config(work), full_run.run_dir, resume=True, progress=quiet())
     assert again.metrics == json.loads(json.dumps(full_run.metrics))
     assert (full_run.run_dir / "result.json").stat().st_mtime_ns == before  # nothing retrained or rewritten
+
+
+def test_a_whole_image_model_trains_on_train_size_crops_and_scores_as_validated(work):
+    """``model.input.layout: whole`` with ``train_size``: the bank holds crops of that size, the card
+    ships the layout, and scoring the validation images reproduces the recorded validation SRCC
+    (each 224 px image is one whole view, as in-training validation scores it)."""
+    tmp, _ = work
+    cfg = config(work, "model.input.layout=whole", "model.input.train_size=224", "optim.epochs=1",
+                 "optim.decay_epochs=1", "train.crops_per_image=1")
+    run = run_training(cfg, tmp / "whole", progress=quiet())
+    card = json.loads((run.run_dir / "best.json").read_text())
+    assert card["input"]["layout"] == "whole" and card["input"]["tile"] == 1024
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = qfmiqm.load(str(run.best_model), device="cpu")
+    splits = json.loads((run.run_dir / "splits.json").read_text())
+    val_keys = [splits["keys"][i] for i in splits["splits"][0]["val"]]
+    labels_csv = Path(cfg.data.dataset)
+    table = {r["path"]: float(r["score"]) for r in csv.DictReader(labels_csv.open())}
+    scores = model.score([str(labels_csv.parent / k) for k in val_keys])
+    srcc = qfmiqm.metrics.srcc(scores, [table[k] for k in val_keys])
+    assert srcc == pytest.approx(run.metrics["val"]["srcc"], abs=1e-4)

@@ -58,7 +58,7 @@ class FeatureReader:
         if path not in self.cache:
             views = policy_views(open_image(path), self.model.policy)
             graph = self.model.runtime.graph
-            pooled = [graph.pooled(graph.normalised(torch.from_numpy(v)[None])) for v in views]
+            pooled = [graph.pooled(graph.normalised(torch.from_numpy(np.array(v))[None])) for v in views]
             weights = view_weights(views)
             # the pixel-weighted mean of each level's pooled grid over the views, as one vector
             feature = torch.cat([sum(w * p.maps[lv][0].float() for w, p in zip(weights, pooled)).flatten()

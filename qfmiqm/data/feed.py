@@ -172,8 +172,10 @@ def _stack_for_transfer(views: list[Any]) -> Any:
     if _in_worker():
         import torch
 
-        tensors = [torch.as_tensor(v) for v in views]
-        return torch.stack(tensors, out=_shared_tensor(tensors[0], (len(tensors), *tensors[0].shape)))
+        like = torch.empty(0, dtype=torch.uint8)
+        out = _shared_tensor(like, (len(views), *views[0].shape))
+        np.stack(views, out=out.numpy())  # straight from the (read-only) decoded arrays: one copy
+        return out
     if "torch" in sys.modules and isinstance(views[0], sys.modules["torch"].Tensor):
         return sys.modules["torch"].stack(views)
     return np.stack(views)
@@ -347,11 +349,16 @@ class _Watchdog:
                 return
 
 
-def default_workers(n_items: int, batch_size: int, device: str = "cpu") -> int:
-    """Decoding runs in worker processes (so a file that crashes the decoder costs only its own
-    result), as many as there are batches to overlap. On CPU at most 4, since the model's forward
-    needs the cores too; on a GPU decoding is the bottleneck, so all cores but one decode."""
-    if n_items <= 1:
+def default_workers(n_items: int, batch_size: int, device: str = "cpu", runtime: str = "torch") -> int:
+    """Decoding worker processes for a job (0: decode in this process).
+
+    ONNX Runtime on a CPU: none. Its forward uses every core, and a decoding process that takes one
+    away in the middle of a parallel loop stalls the others: on the 2-core dev VM, 500 x 375
+    JPEGs went from 28 img/s in-process to 21 with one worker and 15 with two (docs/speed.md).
+    ``--workers N`` still buys isolation from a decoder that crashes or hangs, at that cost.
+    PyTorch on a CPU: at most 4, as many as there are batches to overlap. On a GPU decoding is the
+    bottleneck, so all cores but one decode."""
+    if n_items <= 1 or (runtime == "onnx" and not str(device).startswith("cuda")):
         return 0
     n_batches = -(-n_items // batch_size)
     cores = os.cpu_count() or 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from qfmiqm.errors import QfmiqmError, UsageError
 from qfmiqm.files import sha256_file, write_text_atomic
-from qfmiqm.models.registry import ModelEntry
+from qfmiqm.models.registry import ModelEntry, verified_digest
 from qfmiqm.models.runtime_onnx import GRAPH_FORMAT, import_onnxruntime
 
 CACHE_ENV = "QFMIQM_CACHE"
@@ -36,7 +36,7 @@ def graph_key(entry: ModelEntry) -> str:
     """A digest of everything the graph depends on."""
     from qfmiqm import __version__
 
-    weights = entry.card.weights_sha256 or sha256_file(entry.weights_path)
+    weights = verified_digest(entry)  # the file as it is now: a replaced or damaged file is refused
     parts = [entry.card.to_json(), weights, __version__, import_onnxruntime().__version__, GRAPH_FORMAT]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 

@@ -103,15 +103,20 @@ def build_net(card: ModelCard, backbone_weights: str | None = None, trust_pickle
     return QualityNet(backbone, card.decoder)
 
 
+def verified_digest(entry: ModelEntry) -> str:
+    """The sha256 of the entry's weights file, after checking it against the card's record."""
+    if not entry.weights_path.is_file():
+        raise WeightsError(f"{entry.weights_path}: weights of model '{entry.card.name}' not found")
+    digest = sha256_file(entry.weights_path)
+    if entry.card.weights_sha256 and digest != entry.card.weights_sha256:
+        raise WeightsError(f"{entry.weights_path}: checksum mismatch; the file is corrupted or was replaced")
+    return digest
+
+
 def load_net(entry: ModelEntry, backbone_weights: str | None = None, trust_pickle: bool = False) -> QualityNet:
     """Build the network of a card and load its weights, checking the checksum when recorded."""
     card = entry.card
-    if not entry.weights_path.is_file():
-        raise WeightsError(f"{entry.weights_path}: weights of model '{card.name}' not found")
-    if card.weights_sha256:
-        digest = sha256_file(entry.weights_path)
-        if digest != card.weights_sha256:
-            raise WeightsError(f"{entry.weights_path}: checksum mismatch; the file is corrupted or was replaced")
+    verified_digest(entry)
     from qfmiqm.models.weights import load_strict, read_state_dict
 
     net = build_net(card, backbone_weights, trust_pickle)
