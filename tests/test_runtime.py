@@ -21,7 +21,7 @@ pytest.importorskip("onnx")
 
 import qfmiqm  # noqa: E402
 from qfmiqm.data.policy import policy_views, view_weights  # noqa: E402
-from qfmiqm.errors import UsageError  # noqa: E402
+from qfmiqm.errors import UsageError, WeightsError  # noqa: E402
 from qfmiqm.models import onnx_cache, runtime  # noqa: E402
 from qfmiqm.models.registry import resolve_model, save_model, zoo_entries  # noqa: E402
 from qfmiqm.models.runtime import resolve_device, resolve_runtime  # noqa: E402
@@ -192,7 +192,8 @@ def test_changed_card_gets_another_file(onnx_default, whole_models, whole_checkp
     retiled = dataclasses.replace(entry, card=dataclasses.replace(entry.card, input=entry.card.input.replace(tile=512)))
     assert onnx_cache.graph_path(retiled) != onnx_cache.graph_path(entry)  # any card change: a new key
     reweighted = dataclasses.replace(entry, card=dataclasses.replace(entry.card, weights_sha256="0" * 64))
-    assert onnx_cache.graph_key(reweighted) != onnx_cache.graph_key(entry)
+    with pytest.raises(WeightsError, match="checksum mismatch"):  # weights that are not the card's: refused
+        onnx_cache.graph_key(reweighted)
     assert onnx_cache.graph_key(entry) == onnx_cache.graph_key(zoo_entries()["default"])  # stable
 
 
