@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 import traceback
 from pathlib import Path
-import warnings
 from typing import Iterator, List, Optional
 
 import typer
@@ -69,7 +69,7 @@ def _root(
 
 @app.command()
 def score(
-    paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    paths: List[str] = typer.Argument(..., help="Image files, folders, glob patterns or URIs (s3://, gs://, file://)."),
     model: str = typer.Option("default", "--model", "-m", help="Model name (see 'qfmiqm models') or .safetensors checkpoint."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write results to FILE.csv, .json or .jsonl (columns path, score, error)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -85,40 +85,46 @@ def score(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     decode: str = typer.Option("workers", "--decode", help="Where JPEGs are decoded: workers (Pillow, the same pixels everywhere) or device (nvJPEG on a GPU: faster, scores within about 1 point)."),
     map_dir: Optional[str] = typer.Option(None, "--map", help="Also save an attention-map overlay per scored image as DIR/<stem>.map.png (docs/attention-maps.md).", metavar="DIR"),
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster, Ray Data; docs/distributed.md)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: the cluster to join (auto, HOST:PORT, ray://HOST:PORT; default: $RAY_ADDRESS, else a local Ray started for the run).", metavar="ADDR"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="--engine ray: model workers (Ray actors; default: one per GPU, else one per --worker-cpus CPUs of the cluster)."),
+    worker_cpus: Optional[float] = typer.Option(None, "--worker-cpus", min=0.01, help="--engine ray: CPUs per model worker, also its model's threads (default 1)."),
+    worker_gpus: Optional[float] = typer.Option(None, "--worker-gpus", min=0.01, max=1.0, help="--engine ray: GPU share per model worker (default 1; 0.5 = two workers per GPU)."),
     debug: bool = DebugOpt,
 ) -> None:
     """Score images: 0-100, higher is better. Prints CSV (path,score) unless --output is given.
 
+    PATHS may also be URIs that pyarrow reads (s3://, gs://, file://).
+
     With --map DIR, a second pass writes the attention map of each image scored in this run.
+
+    With --engine ray the job runs on a Ray cluster: same rows, scores and errors (docs/distributed.md).
 
     Exit code 0: all scored; 1: some files failed (or their maps); 2: usage error.
     """
     from qfmiqm.data.sources import expand_inputs
-    from qfmiqm.scoring import load, untrained_warning
 
     with user_errors(debug):
         if resume and output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
+        if engine not in ("local", "ray"):
+            raise UsageError(f"unknown engine '{engine}' (use local or ray)")
+        if engine == "ray":
+            options = _ray_engine_options(workers, map_dir, ray_address, num_workers, worker_cpus, worker_gpus)
+        elif any(v is not None for v in (ray_address, num_workers, worker_cpus, worker_gpus)):
+            raise UsageError("--ray-address, --num-workers, --worker-cpus and --worker-gpus need --engine ray")
         items, duplicates = expand_inputs(paths, recursive=recursive)
         if not items:
             raise UsageError("no images found in the given paths")
         if duplicates:
             _err(f"note: {duplicates} duplicate path(s) given; each file is scored once")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            m = load(model, device=device, backbone_weights=backbone_weights, trust_pickle=trust_pickle,
-                     max_pixels=max_pixels, decode=decode, runtime="torch" if map_dir is not None else runtime)
-        if not m.card.trained:
-            _err(f"warning: {untrained_warning(m.card)}")
-        if num_crops is not None:
-            m = _with_crops(m, num_crops)
-        if map_dir is not None:
-            from qfmiqm.eval.attention_map import prepare_map_dir, supports_maps
-
-            if not supports_maps(m):
-                raise UsageError("--map needs a PyTorch model (a .safetensors checkpoint or zoo name, not ONNX)")
-            prepare_map_dir(map_dir)
-        failures, map_failures = _score_to_output(m, items, output, resume, batch_size, workers,
+        spec = _model_spec(model, device, runtime if map_dir is None else "torch", max_pixels, decode, num_crops,
+                           backbone_weights, trust_pickle)
+        if engine == "ray":
+            scorer = _ray_engine(spec, options, debug)
+        else:
+            scorer = _local_engine(spec, workers, map_dir)
+        failures, map_failures = _score_to_output(scorer, items, output, resume, batch_size,
                                                   progress and sys.stderr.isatty(), map_dir)
     if failures:
         _err(f"{failures} of {len(items)} file(s) could not be scored")
@@ -135,10 +141,61 @@ def _with_crops(model, num_crops: int):
     return with_policy(model, layout="crops", num_crops=num_crops)
 
 
-def _score_to_output(m, items: list[str], output: Optional[str], resume: bool, batch_size: int,
-                     workers: Optional[int], progress: bool, map_dir: Optional[str] = None) -> tuple[int, int]:
-    """Score ``items`` into ``output`` row by row, then (``map_dir``) write the attention maps of
-    the files scored now; returns how many inputs have no score and how many maps failed."""
+def _model_spec(model, device, runtime, max_pixels, decode, num_crops, backbone_weights, trust_pickle):
+    from qfmiqm.engines import ModelSpec
+
+    return ModelSpec(model=model, device=device, runtime=runtime, max_pixels=max_pixels, decode=decode,
+                     num_crops=num_crops, backbone_weights=backbone_weights, trust_pickle=trust_pickle)
+
+
+def _local_engine(spec, workers: Optional[int], map_dir: Optional[str]):
+    """The model loaded here (warning when it is untrained), wrapped as the local engine."""
+    from qfmiqm.engines.local import LocalEngine
+    from qfmiqm.scoring import untrained_warning
+
+    m = replace(spec, num_crops=None).load()
+    if not m.card.trained:
+        _err(f"warning: {untrained_warning(m.card)}")
+    if spec.num_crops is not None:
+        m = _with_crops(m, spec.num_crops)
+    if map_dir is not None:
+        from qfmiqm.eval.attention_map import prepare_map_dir, supports_maps
+
+        if not supports_maps(m):
+            raise UsageError("--map needs a PyTorch model (a .safetensors checkpoint or zoo name, not ONNX)")
+        prepare_map_dir(map_dir)
+    return LocalEngine(m, workers=workers)
+
+
+def _ray_engine_options(workers, map_dir, ray_address, num_workers, worker_cpus, worker_gpus) -> dict:
+    """The Ray engine's options; usage errors for the local engine's own flags."""
+    import os
+
+    if workers is not None:
+        raise UsageError("--workers (decoding processes) is for --engine local; with --engine ray use --num-workers")
+    if map_dir is not None:
+        raise UsageError("--map works with --engine local only")
+    return {"address": ray_address or os.environ.get("RAY_ADDRESS") or None, "num_workers": num_workers,
+            "worker_cpus": worker_cpus, "worker_gpus": worker_gpus}
+
+
+def _ray_engine(spec, options: dict, debug: bool):
+    """The Ray engine; the model is checked here (usage errors before any cluster starts)."""
+    from qfmiqm.engines.ray_engine import RayEngine
+    from qfmiqm.scoring import untrained_warning
+
+    engine = RayEngine(spec, quiet=not debug, **options)
+    card = spec.card()
+    if card is not None and not card.trained:
+        _err(f"warning: {untrained_warning(card)}")
+    return engine
+
+
+def _score_to_output(engine, items: list[str], output: Optional[str], resume: bool, batch_size: int,
+                     progress: bool, map_dir: Optional[str] = None) -> tuple[int, int]:
+    """Score ``items`` into ``output`` row by row with ``engine`` (qfmiqm.engines), then
+    (``map_dir``, local engine) write the attention maps of the files scored now; returns how many
+    inputs have no score and how many maps failed."""
     from qfmiqm.outputs import open_writer, prepare_resume
 
     previous = prepare_resume(output) if resume else {}
@@ -147,7 +204,7 @@ def _score_to_output(m, items: list[str], output: Optional[str], resume: bool, b
     writer, stream = open_writer(output, append=bool(previous))
     scored = []
     try:
-        for result in m.iter_scores(todo, batch_size=batch_size, workers=workers, progress=progress):
+        for result in engine.run(todo, batch_size=batch_size, progress=progress):
             writer.write(result)
             if not result.ok:
                 failures += 1
@@ -162,6 +219,7 @@ def _score_to_output(m, items: list[str], output: Optional[str], resume: bool, b
         return failures, 0
     from qfmiqm.eval.attention_map import save_maps
 
+    m = engine.model
     if progress:
         _err(f"writing {len(scored)} attention map(s) to {map_dir}")
     return failures, save_maps(m, scored, map_dir, on_error=lambda p, e: _err(f"error: {p}: {e}"))

@@ -6,6 +6,7 @@ so the same picture yields the same pixels, and therefore the same score, howeve
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from qfmiqm.data.uris import is_uri, read_uri
 from qfmiqm.errors import ImageError
 
 #: Default decoding limit (pixels). Above it a file is refused before its pixels are read,
@@ -36,11 +38,25 @@ def open_image(
     """
     p = Path(path)
     _check_file(p)
+    return _decode(p, max_pixels, min_short_side)
+
+
+def decode_image_bytes(
+    data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS, min_short_side: int | None = None
+) -> np.ndarray:
+    """An image file's bytes (read from a URI, or a ``bytes`` column) -> RGB uint8 (H, W, 3),
+    decoded exactly as ``open_image`` decodes the same file from disk."""
+    if len(data) == 0:
+        raise ImageError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), max_pixels, min_short_side)
+
+
+def _decode(source: Path | io.BytesIO, max_pixels: int, min_short_side: int | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on palettes, EXIF...
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 _check_pixel_count(im.size, max_pixels)
                 im.seek(0)  # first frame of animations and multi-page files
                 if min_short_side and im.format == "JPEG":
@@ -170,11 +186,16 @@ def to_rgb_array(
 ) -> np.ndarray:
     """Any supported input -> RGB uint8 (H, W, 3).
 
-    Tensors follow torchvision's convention: (C, H, W) or (B=1, C, H, W), float in [0, 1]
-    or uint8 in [0, 255].
+    Strings of the form ``scheme://...`` are URIs read through pyarrow (``qfmiqm.data.uris``);
+    ``bytes`` are an image file's contents. Tensors follow torchvision's convention: (C, H, W)
+    or (B=1, C, H, W), float in [0, 1] or uint8 in [0, 255].
     """
+    if isinstance(obj, str) and is_uri(obj):
+        return decode_image_bytes(read_uri(obj), max_pixels, min_short_side)
     if isinstance(obj, (str, os.PathLike)):
         return open_image(obj, max_pixels, min_short_side)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(obj, max_pixels, min_short_side)
     if isinstance(obj, Image.Image):
         _check_pixel_count(obj.size, max_pixels)
         return pil_to_rgb_array(obj)

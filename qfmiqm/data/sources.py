@@ -4,6 +4,8 @@ from __future__ import annotations
 import glob
 import os
 
+from qfmiqm.data.uris import expand_uri, is_uri
+
 #: Extensions picked up when a folder is scanned. Files named explicitly are always tried,
 #: whatever their extension, so a valid image with a wrong extension still gets scored.
 IMAGE_EXTENSIONS = frozenset(
@@ -24,6 +26,8 @@ def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[str], 
     Paths that do not exist are kept, so that the caller reports each of them as a failure.
     Folders yield their image files (sorted; subfolders only with ``recursive``). Symbolic
     links to folders are not followed during recursion, which makes link loops harmless.
+    URIs (``s3://bucket/prefix``, ``file:///data``) are listed the same way through pyarrow
+    (``qfmiqm.data.uris``); they take no glob patterns.
     """
     out: list[str] = []
     seen: set[str] = set()
@@ -31,7 +35,7 @@ def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[str], 
 
     def add(path: str) -> None:
         nonlocal duplicates
-        key = os.path.normpath(os.path.abspath(path))
+        key = path if is_uri(path) else os.path.normpath(os.path.abspath(path))
         if key in seen:
             duplicates += 1
         else:
@@ -39,7 +43,10 @@ def expand_inputs(args: list[str], recursive: bool = False) -> tuple[list[str], 
             out.append(path)
 
     for arg in args:
-        if os.path.isdir(arg):
+        if is_uri(arg):
+            for path in expand_uri(arg, recursive):
+                add(path)
+        elif os.path.isdir(arg):
             found = _scan_folder(arg, recursive)
             for path in found:
                 add(path)
