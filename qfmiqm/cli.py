@@ -107,8 +107,10 @@ def score(
     with user_errors(debug):
         if resume and output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
-        if engine not in ("local", "ray"):
-            raise UsageError(f"unknown engine '{engine}' (use local or ray)")
+        from qfmiqm.engines import ENGINES
+
+        if engine not in ENGINES:
+            raise UsageError(f"unknown engine '{engine}' (use {' or '.join(ENGINES)})")
         if engine == "ray":
             options = _ray_engine_options(workers, map_dir, ray_address, num_workers, worker_cpus, worker_gpus)
         elif any(v is not None for v in (ray_address, num_workers, worker_cpus, worker_gpus)):

@@ -268,6 +268,7 @@ def load(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode: str = DEFAULT_DECODE,
     runtime: str = DEFAULT_RUNTIME,
+    threads: int | None = None,
 ) -> QualityModel:
     """Load a model by zoo name, checkpoint path or exported ``.onnx`` file, ready to score.
 
@@ -275,12 +276,13 @@ def load(
     ``.safetensors`` model's ONNX graph is built once into the cache (qfmiqm.models.onnx_cache).
     ``decode``: where JPEG files are decoded: ``workers`` (Pillow in worker processes, the
     default) or ``device`` (the model's device, PyTorch runtime: nvJPEG on CUDA; docs/speed.md).
+    ``threads``: ONNX Runtime's intra-op threads (default: every core this process may use).
     """
     dev = resolve_device(device)
     if is_onnx_path(model):
         if resolve_runtime(runtime, dev) == "torch" and (runtime or "auto").lower() != "auto":
             raise UsageError(f"{model}: an ONNX file runs in ONNX Runtime; use --runtime auto or onnx")
-        return _load_onnx_file(model, dev, max_pixels, decode)
+        return _load_onnx_file(model, dev, max_pixels, decode, threads)
     from qfmiqm.models.registry import resolve_model
 
     entry = resolve_model(model)
@@ -291,7 +293,7 @@ def load(
         from qfmiqm.models.runtime_onnx import OnnxRuntime
 
         path = cached_graph(entry, os.fspath(backbone_weights) if backbone_weights else None, trust_pickle)
-        rt: Runtime = OnnxRuntime(path, dev)
+        rt: Runtime = OnnxRuntime(path, dev, threads)
     else:
         rt = _torch_runtime(entry, dev, backbone_weights, trust_pickle)
     if not entry.card.trained:
@@ -309,12 +311,13 @@ def _torch_runtime(entry, device: str, backbone_weights, trust_pickle: bool) -> 
     return TorchRuntime(ScoringGraph(net, entry.card.input), device)
 
 
-def _load_onnx_file(path: str | os.PathLike, device: str, max_pixels: int, decode: str) -> QualityModel:
+def _load_onnx_file(path: str | os.PathLike, device: str, max_pixels: int, decode: str,
+                    threads: int | None = None) -> QualityModel:
     """An ONNX file from ``qfmiqm export``: the graph runs in onnxruntime, the card comes from
     the file's metadata; decoding, views, tone term and score mapping are as for any model."""
     from qfmiqm.models.runtime_onnx import OnnxRuntime
 
-    rt = OnnxRuntime(path, device)
+    rt = OnnxRuntime(path, device, threads)
     if not rt.card.trained:
         warnings.warn(untrained_warning(rt.card), UserWarning, stacklevel=3)
     return QualityModel(rt, rt.card, max_pixels=max_pixels, decode=decode)

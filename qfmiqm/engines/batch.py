@@ -40,25 +40,19 @@ class ModelSpec:
         """The ``QualityModel``. ``threads``: the CPU threads of its runtime (ONNX Runtime's
         intra-op threads, or torch's on the CPU); default: every core this process may use.
         ``quiet`` drops the 'UNTRAINED' UserWarning (the caller reports it once)."""
-        from qfmiqm.scoring import QualityModel, load, with_policy
+        from qfmiqm.scoring import load, with_policy
 
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore", UserWarning)
+            # ONNX Runtime's session opens with its threads (one session, not one then another)
             m = load(self.model, device=self.device, backbone_weights=self.backbone_weights,
                      trust_pickle=self.trust_pickle, max_pixels=self.max_pixels, decode=self.decode,
-                     runtime=self.runtime)
-        if threads is not None and m.device == "cpu":
-            if m.runtime.name == "onnx":
-                from qfmiqm.models.runtime_onnx import OnnxRuntime, cpu_threads
+                     runtime=self.runtime, threads=threads)
+        if threads is not None and m.device == "cpu" and m.runtime.name == "torch":
+            import torch
 
-                if threads != cpu_threads():
-                    m = QualityModel(OnnxRuntime(m.runtime.path, m.device, threads), m.card,
-                                     max_pixels=m.max_pixels, decode=m.decode)
-            else:
-                import torch
-
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
         if self.num_crops is not None:
             m = with_policy(m, layout="crops", num_crops=self.num_crops)
         return m

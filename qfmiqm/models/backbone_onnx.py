@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from qfmiqm.export import ONNX_OPSET
 from qfmiqm.models.backbones import Backbone
-from qfmiqm.models.runtime_onnx import import_onnxruntime
+from qfmiqm.models.runtime_onnx import open_session
 
-ONNX_OPSET = 17
 INPUT_NAME = "image"
 
 
@@ -46,7 +46,6 @@ class OrtBackbone:
     NCHW of any batch size, height and width and returns the maps (ViT class tokens are left out)."""
 
     def __init__(self, backbone: Backbone, threads: int | None = None):
-        ort = import_onnxruntime()
         n_maps = len(backbone.feature_dims)
         outputs = [f"map{i}" for i in range(n_maps)]
         axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
@@ -60,12 +59,8 @@ class OrtBackbone:
                 torch.onnx.export(_Maps(backbone), (dummy,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                                   do_constant_folding=True, input_names=[INPUT_NAME], output_names=outputs,
                                   dynamic_axes=axes)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads or torch.get_num_threads()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3  # errors only: ORT warns about each unused initializer
             # the session reads the whole file here, so the temporary folder can go
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = open_session(path, "cpu", threads or torch.get_num_threads())
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {INPUT_NAME: x})
