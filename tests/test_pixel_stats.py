@@ -102,6 +102,8 @@ def test_cached_features_are_keyed_by_the_statistics_version(monkeypatch, tmp_pa
 
     plain, extended = namespace("efficientnet_lite0"), namespace("efficientnet_lite0_pixstats")
     assert plain != extended
-    monkeypatch.setattr(cache, "PIXEL_STATS_VERSION", cache.PIXEL_STATS_VERSION + 1)
+    from qfmiqm.models import backbones
+    level, version = backbones.PIXEL_LEVELS["pixel_stats"]
+    monkeypatch.setitem(backbones.PIXEL_LEVELS, "pixel_stats", (level, version + 1))
     assert namespace("efficientnet_lite0_pixstats") != extended
     assert namespace("efficientnet_lite0") == plain  # caches of plain backbones stay valid

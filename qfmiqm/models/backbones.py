@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qfmiqm.errors import UsageError, WeightsError
-from qfmiqm.models.pixel_stats import PixelStats
+from qfmiqm.models import nss, pixel_stats
 from qfmiqm.models.weights import load_strict, map_in_order, read_state_dict, sha256_file
 
 
@@ -52,9 +52,9 @@ class BackboneSpec:
     stem: tuple[str, ...] = ()
     blocks: tuple[str, ...] = ()
     tail: tuple[str, ...] = ()
-    #: append a level of pixel statistics (tonal range, contrast, saturation: what ImageNet
-    #: features are trained to ignore; qfmiqm.models.pixel_stats) after the timm levels
-    pixel_stats: bool = False
+    #: levels computed from the pixels, appended after the timm levels in this order (names
+    #: in PIXEL_LEVELS): what ImageNet features are trained to ignore
+    pixel_levels: tuple[str, ...] = ()
 
     @property
     def weights_offline(self) -> bool:
@@ -68,6 +68,14 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
+
+#: pixel levels: name -> (module taking the backbone's mean and std, version of its statistics)
+PIXEL_LEVELS: dict[str, tuple[Callable[..., nn.Module], int]] = {
+    # tonal range, local contrast, saturation, clipping (docs/method.md)
+    "pixel_stats": (pixel_stats.PixelStats, pixel_stats.VERSION),
+    # BRISQUE's MSCN coefficients and neighbour products at two scales (docs/method.md)
+    "nss": (nss.NssStats, nss.VERSION),
+}
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
@@ -111,7 +119,11 @@ EFFICIENTNET_LITE0 = register_backbone(BackboneSpec(
     stem=("conv_stem", "bn1"),
     blocks=("blocks.*",),  # the 7 stages
 ))
-register_backbone(dataclasses.replace(EFFICIENTNET_LITE0, name="efficientnet_lite0_pixstats", pixel_stats=True))
+register_backbone(dataclasses.replace(EFFICIENTNET_LITE0, name="efficientnet_lite0_pixstats",
+                                      pixel_levels=("pixel_stats",)))
+register_backbone(dataclasses.replace(EFFICIENTNET_LITE0, name="efficientnet_lite0_nss", pixel_levels=("nss",)))
+register_backbone(dataclasses.replace(EFFICIENTNET_LITE0, name="efficientnet_lite0_pixstats_nss",
+                                      pixel_levels=("pixel_stats", "nss")))
 register_backbone(BackboneSpec(
     name="vit_small_patch16_224",
     timm_name="vit_small_patch16_224",
@@ -150,7 +162,7 @@ class Backbone(nn.Module):
         self.mean: tuple[float, float, float] = tuple(cfg["mean"])
         self.std: tuple[float, float, float] = tuple(cfg["std"])
         self.input_size: int = int(cfg["input_size"][-1])
-        self.pixel_stats = PixelStats(self.mean, self.std) if spec.pixel_stats else None
+        self.pixel_levels = nn.ModuleList(PIXEL_LEVELS[name][0](self.mean, self.std) for name in spec.pixel_levels)
         self.feature_dims: list[int] = self._probe_dims()
 
     @property
@@ -187,9 +199,13 @@ class Backbone(nn.Module):
             cls = out[-1][1][:, 0]
             return BackboneFeatures(maps, cls)
         maps = list(self.model.forward_intermediates(x, indices=indices, intermediates_only=True))
-        if self.pixel_stats is not None:
-            maps.append(self.pixel_stats(x))
+        maps += [level(x) for level in self.pixel_levels]
         return BackboneFeatures(maps, None)
+
+    @property
+    def pixel_level_versions(self) -> dict[str, int]:
+        """Name -> version of each pixel level (keys of feature caches)."""
+        return {name: PIXEL_LEVELS[name][1] for name in self.spec.pixel_levels}
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (for checking that the weights are the real ones)."""

@@ -37,7 +37,6 @@ from qfmiqm.data.transforms import InputPolicy, RandomPolicyCrop, normalize, res
 from qfmiqm.data.images import open_image
 from qfmiqm.models.backbones import BackboneFeatures
 from qfmiqm.models.features import feature_levels, from_levels
-from qfmiqm.models.pixel_stats import VERSION as PIXEL_STATS_VERSION
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.files import atomic_path
 from qfmiqm.train.data import derive_seed
@@ -175,8 +174,7 @@ class FeatureCache:
                "dtype": str(self.dtype), "compute": self.compute_dtype}
         if self.runtime == "onnx":  # keyed only when used: the PyTorch namespaces stay valid
             key["runtime"] = "onnxruntime"
-        if self.net.backbone.pixel_stats is not None:  # keyed only when present: older namespaces stay valid
-            key["pixel_stats"] = PIXEL_STATS_VERSION
+        key.update(self.net.backbone.pixel_level_versions)  # keyed only when present: older namespaces stay valid
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     # --- public views ----------------------------------------------------------------
