@@ -1,4 +1,6 @@
-"""KADID-10k-style synthetic distortions: one table, ``DISTORTIONS``, of 25 types x 5 levels.
+"""Synthetic distortions: one table, ``DISTORTIONS``, of 32 types x 5 levels: KADID-10k's 25
+and 7 camera defects (low-light noise, under/over-exposure, wide-halo sharpening, and LIVE-MD
+style combinations of two or three distortions).
 
 Each entry is a :class:`Distortion`; call it as ``DISTORTIONS[name](img, level, rng)``.
 ``img`` is an RGB image, uint8 in [0, 255] or float in [0, 1], shape (H, W, 3); the result has
@@ -6,7 +8,8 @@ the same shape and dtype. ``level`` runs from 1 (mild) to 5 (severe); ``rng`` is
 ``numpy.random.Generator`` (or an int seed), the only source of randomness, so a distortion is
 deterministic for a given seed.
 
-The types and families follow KADID-10k (Lin, Hosu & Saupe, QoMEX 2019); the code is ours
+The KADID types and families follow KADID-10k (Lin, Hosu & Saupe, QoMEX 2019); the combinations
+follow LIVE-MD (Jayaraman et al., 2012); the code is ours
 (numpy, scipy.ndimage, Pillow, scikit-image colour conversions). Parameters were chosen so that
 the full-reference proxy score of ``qfmiqm.data.synth`` falls with the level for every type;
 docs/synth.md lists what each level does and the measured rank correlations.
@@ -40,12 +43,13 @@ class Distortion:
     """One distortion type: a function of (float RGB image, parameter, rng) and 5 parameters.
 
     ``params[level - 1]`` is the strength at that level; ``unit`` says what the number means;
+    ``kadid_id`` is the KADID-10k type number, None for the camera defects KADID lacks;
     ``pillow_feature`` names a Pillow codec the type needs (checked by :meth:`available`).
     """
 
     name: str
     family: str
-    kadid_id: int
+    kadid_id: Optional[int]
     params: tuple[float, ...]
     unit: str
     fn: RawFn
@@ -385,14 +389,192 @@ def contrast_change(x: np.ndarray, factor: float, rng: np.random.Generator) -> n
     return mean + (x - mean) * gain
 
 
+# --- camera defects (not in KADID-10k) ------------------------------------------------------
+# Authentic-distortion types (issue #22): what a real camera does wrong, modelled in linear light
+# where the physics happens. Defocus and camera-motion blur are KADID's lens_blur (disc PSF) and
+# motion_blur (line PSF at a random angle) above, and are reused here rather than duplicated.
+
+#: Sensor read noise in electrons (photo-electrons per unit of full-scale signal = ``photons``);
+#: a phone sensor's is ~1-3 e-, and it matters only where few photons arrive (shadows, low light).
+READ_NOISE_E = 2.0
+#: Linear-light black point a camera's tone curve cuts at: signals below it render as pure black.
+BLACK_POINT = 0.004
+#: JPEG quality a phone writes its photos at.
+CAMERA_JPEG_QUALITY = 85
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """sRGB-encoded [0, 1] values -> linear light (IEC 61966-2-1)."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(lin: np.ndarray) -> np.ndarray:
+    """Linear light -> sRGB-encoded [0, 1] (values outside [0, 1] clipped first)."""
+    lin = np.clip(lin, 0.0, 1.0)
+    return np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+#: Above this mean count the Poisson law is drawn as its Gaussian approximation (same mean and
+#: variance; the skew it drops, 1 / sqrt(mean), is under 0.19 there).
+POISSON_EXACT_BELOW = 30.0
+
+
+def poisson_quantile(lam: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Poisson counts with means ``lam`` at cumulative probabilities ``u`` (inverse CDF).
+
+    Counts rise with ``u``, so one set of uniforms gives coupled draws at every exposure: the
+    levels share one noise field and only its strength changes. Exact by CDF search below
+    :data:`POISSON_EXACT_BELOW`; above it ``lam + sqrt(lam) * Phi^-1(u)``. Much faster than
+    ``scipy.stats.poisson.ppf``.
+    """
+    from scipy.special import ndtri
+
+    lam = np.asarray(lam, dtype=np.float64)
+    u = np.clip(np.asarray(u, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+    counts = lam + np.sqrt(lam) * ndtri(u)
+    small = lam < POISSON_EXACT_BELOW
+    if small.any():
+        ls, us = lam[small], u[small]
+        pmf = np.exp(-ls)
+        cdf = pmf.copy()
+        k = np.zeros_like(ls)
+        # P(count > 100 | mean < 30) < 1e-20: the cap only guards against rounding at u ~ 1.
+        for i in range(1, 101):
+            below = cdf < us
+            if not below.any():
+                break
+            k += below
+            pmf *= ls / i
+            cdf += pmf
+        counts[small] = k
+    return counts
+
+
+def _poisson_gaussian(lin: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
+    """Sensor signal for linear scene light ``lin``: Poisson photon counts (``photons`` at full
+    scale) plus Gaussian read noise (:data:`READ_NOISE_E`), back in full-scale units, clipped
+    at black and at saturation."""
+    u = rng.random(lin.shape)
+    z = rng.standard_normal(lin.shape)
+    counts = poisson_quantile(lin * photons, u)
+    return np.clip((counts + READ_NOISE_E * z) / photons, 0.0, 1.0).astype(np.float32)
+
+
+#: Immerkaer (1996) noise kernel: the difference of two Laplacians, blind to planes and ramps.
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+
+
+def noise_sigma(plane: np.ndarray) -> float:
+    """Blind estimate of white-noise sigma in one image plane: the median absolute response to
+    :data:`_NOISE_KERNEL` (norm 6), scaled as for a Gaussian; the median ignores most edges."""
+    response = signal.convolve2d(plane, _NOISE_KERNEL, mode="valid")
+    return float(np.median(np.abs(response)) / (0.6745 * 6.0))
+
+
+def _camera_denoise(x: np.ndarray) -> np.ndarray:
+    """A phone ISP's noise reduction on sRGB [0, 1]: mild non-local means on luma (h = 0.6 sigma,
+    sigma estimated blind from the image, so some grain survives) and a strong blur of the
+    chroma planes (colour noise is what a camera removes hardest, leaving blotchy colour)."""
+    from skimage.restoration import denoise_nl_means
+
+    ycc = x @ _YCC.T
+    sigma = noise_sigma(ycc[..., 0])
+    if sigma > 1e-4:
+        # A 9x9 search window: a phone's budget, and half the time of the 13x13 used by `denoise`.
+        ycc[..., 0] = denoise_nl_means(ycc[..., 0], h=0.6 * sigma, sigma=sigma, fast_mode=True,
+                                       patch_size=5, patch_distance=4)
+    ycc[..., 1:] = ndimage.gaussian_filter(ycc[..., 1:], sigma=(2.0, 2.0, 0), mode="reflect")
+    return ycc @ _YCC_INV.T
+
+
+def lowlight_noise(x: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
+    """Low-light capture as a phone renders it: Poisson-Gaussian sensor noise in linear light
+    with ``photons`` photo-electrons at full scale (fewer = darker scene, more gain), then the
+    ISP's denoise (:func:`_camera_denoise`) and JPEG at quality 85."""
+    noisy = linear_to_srgb(_poisson_gaussian(srgb_to_linear(x), photons, rng))
+    return jpeg(np.clip(_camera_denoise(noisy), 0.0, 1.0), CAMERA_JPEG_QUALITY, rng)
+
+
+def underexposure(x: np.ndarray, stops: float, rng: np.random.Generator) -> np.ndarray:
+    """Exposure ``stops`` EV too short: linear light scaled by 2**-stops, then the camera's black
+    point (:data:`BLACK_POINT`) cut off so the shadows clip to black, then sRGB-encoded."""
+    lin = srgb_to_linear(x) * 2.0 ** -stops
+    return linear_to_srgb(np.maximum(lin - BLACK_POINT, 0.0) / (1.0 - BLACK_POINT))
+
+
+def overexposure(x: np.ndarray, stops: float, rng: np.random.Generator) -> np.ndarray:
+    """Exposure ``stops`` EV too long: linear light scaled by 2**stops and clipped per channel at
+    full scale (the sensor saturates: highlights blow out to white or shift hue), sRGB-encoded."""
+    return linear_to_srgb(srgb_to_linear(x) * 2.0 ** stops)
+
+
+def oversharpen(x: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """A camera's over-eager sharpening: unsharp mask of strength ``amount`` with a wide radius
+    (Gaussian sigma 2.5 px) on the sRGB luma, so every edge gets bright and dark halo bands a few
+    pixels wide; unlike ``high_sharpen`` (sigma 1, Lab L: fine ringing and crunch)."""
+    ycc = x @ _YCC.T
+    luma = ycc[..., 0]
+    ycc[..., 0] = luma + amount * (luma - ndimage.gaussian_filter(luma, sigma=2.5, mode="reflect"))
+    return ycc @ _YCC_INV.T
+
+
+# Multiple distortions. Each step (1..5) raises every stage at once, so the combined severity
+# rises with the step; the tables are the per-step parameters of each stage.
+
+#: LIVE-MD (Jayaraman et al. 2012) part 1, blur then JPEG: Gaussian sigma px, JPEG quality.
+BLUR_JPEG_STEPS = {"sigma": (0.8, 1.2, 1.7, 2.4, 3.2), "quality": (60, 40, 27, 18, 12)}
+#: LIVE-MD part 2, blur then white noise: Gaussian sigma px, noise sigma (pixels in [0, 1]).
+BLUR_NOISE_STEPS = {"sigma": (0.8, 1.2, 1.7, 2.4, 3.2), "noise": (0.015, 0.025, 0.04, 0.06, 0.085)}
+#: Three camera defects in capture order: blur (defocus disc radius px or motion length px,
+#: chosen by the rng), exposure error (EV, under or over by the rng), low-light capture
+#: (photo-electrons at full scale, with the ISP denoise and JPEG of :func:`lowlight_noise`).
+CAMERA_COMBO_STEPS = {"defocus": (0.8, 1.3, 2.0, 3.0, 4.5), "motion": (2, 4, 7, 11, 16),
+                      "stops": (0.3, 0.6, 1.0, 1.5, 2.0), "photons": (600, 300, 150, 70, 30)}
+
+
+def _step(step: float) -> int:
+    return int(step) - 1
+
+
+def blur_jpeg(x: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
+    """LIVE-MD part 1: Gaussian blur, then JPEG (4:2:0), both stronger at every step."""
+    i = _step(step)
+    return jpeg(gaussian_blur(x, BLUR_JPEG_STEPS["sigma"][i], rng), BLUR_JPEG_STEPS["quality"][i], rng)
+
+
+def blur_noise(x: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
+    """LIVE-MD part 2: Gaussian blur, then additive white Gaussian noise per RGB channel."""
+    i = _step(step)
+    return white_noise(gaussian_blur(x, BLUR_NOISE_STEPS["sigma"][i], rng), BLUR_NOISE_STEPS["noise"][i], rng)
+
+
+def camera_combo(x: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
+    """Blur -> exposure error -> low-light capture (noise, ISP denoise, JPEG q85), in that order.
+
+    The kind of blur (defocus or motion) and the exposure direction (under or over) are drawn
+    first from ``rng``, so one random stream picks the same combination at every step.
+    """
+    i = _step(step)
+    defocused, under = rng.random() < 0.5, rng.random() < 0.5
+    if defocused:
+        y = lens_blur(x, CAMERA_COMBO_STEPS["defocus"][i], rng)
+    else:
+        y = motion_blur(x, CAMERA_COMBO_STEPS["motion"][i], rng)
+    y = (underexposure if under else overexposure)(y, CAMERA_COMBO_STEPS["stops"][i], rng)
+    return lowlight_noise(y, CAMERA_COMBO_STEPS["photons"][i], rng)
+
+
 # --- the table -----------------------------------------------------------------------------
 
-def _d(name: str, family: str, kadid_id: int, params: Sequence[float], unit: str, fn: RawFn,
+def _d(name: str, family: str, kadid_id: Optional[int], params: Sequence[float], unit: str, fn: RawFn,
        pillow_feature: Optional[str] = None) -> Distortion:
     return Distortion(name, family, kadid_id, tuple(float(p) for p in params), unit, fn, pillow_feature)
 
 
-#: name -> Distortion, in KADID-10k order. Adding a type is adding one line here.
+#: name -> Distortion: KADID-10k's 25 types in KADID order, then the camera defects (no KADID
+#: number). Adding a type is adding one line here; new types go at the end so the order of the
+#: existing ones (labels.csv sorting, --list-types) does not change.
 DISTORTIONS: dict[str, Distortion] = {d.name: d for d in (
     _d("gaussian_blur", "blur", 1, (0.7, 1.3, 2.2, 3.6, 6.0), "sigma px", gaussian_blur),
     _d("lens_blur", "blur", 2, (1, 2, 3.5, 6, 10), "disc radius px", lens_blur),
@@ -421,11 +603,19 @@ DISTORTIONS: dict[str, Distortion] = {d.name: d for d in (
     _d("color_block", "spatial", 23, (1, 3, 6, 10, 15), "blocks", color_block),
     _d("high_sharpen", "sharpness", 24, (1, 2, 3, 6, 12), "unsharp amount", high_sharpen),
     _d("contrast_change", "contrast", 25, (0.8, 0.65, 0.5, 0.35, 0.2), "contrast factor", contrast_change),
+    # camera defects (issue #22); defocus and camera motion are lens_blur and motion_blur above
+    _d("lowlight_noise", "noise", None, (400, 150, 60, 25, 10), "photo-electrons at full scale", lowlight_noise),
+    _d("underexposure", "brightness", None, (0.7, 1.2, 1.8, 2.5, 3.3), "EV under", underexposure),
+    _d("overexposure", "brightness", None, (0.5, 1.0, 1.6, 2.3, 3.0), "EV over", overexposure),
+    _d("oversharpen", "sharpness", None, (0.8, 1.5, 2.5, 4.0, 6.0), "unsharp amount (sigma 2.5 px)", oversharpen),
+    _d("blur_jpeg", "multiple", None, (1, 2, 3, 4, 5), "step (blur sigma + JPEG quality)", blur_jpeg),
+    _d("blur_noise", "multiple", None, (1, 2, 3, 4, 5), "step (blur sigma + noise sigma)", blur_noise),
+    _d("camera_combo", "multiple", None, (1, 2, 3, 4, 5), "step (blur + exposure + low light)", camera_combo),
 )}
 
 
 def distortion_names() -> list[str]:
-    """All registered distortion names, in KADID order."""
+    """All registered distortion names: KADID order, then the camera defects."""
     return list(DISTORTIONS)
 
 
