@@ -243,6 +243,11 @@ def test_scene_pairs_pair_each_version_with_its_own_pristine_image():
     assert scene_pairs(ds).tolist() == [[0, 1], [0, 2], [4, 3]]
 
 
+def test_scene_pairs_leave_out_the_skipped_types():
+    ds = _Synthetic(["a"] * 4, ["pristine", "blur", "desaturate", "jpeg"])
+    assert scene_pairs(ds, skip_types=frozenset({"desaturate"})).tolist() == [[0, 1], [0, 3]]
+
+
 def test_scene_pairs_keep_the_mildest_versions_of_each_type():
     content = ["a"] * 6
     types = ["pristine", "blur", "blur", "blur", "jpeg", "jpeg"]

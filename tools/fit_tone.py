@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qfmiqm.data.anchor import COLOUR_ONLY
 from qfmiqm.data.datasets import load as load_dataset
 from qfmiqm.errors import QfmiqmError
 from qfmiqm.models.registry import load_net, resolve_model, save_model
@@ -61,6 +62,9 @@ def fit() -> None:
     ap.add_argument("--mildest", type=int, default=2, help="versions per scene and type paired with the pristine image (0: all)")
     ap.add_argument("--lam", type=float, default=3e-4, help="L2 penalty on the standardised weights")
     ap.add_argument("--temperature", type=float, default=3.0, help="score points per unit of the logistic loss")
+    ap.add_argument("--skip-types", default=",".join(sorted(COLOUR_ONLY)),
+                    help="distortion types not paired with the pristine image (default: the colour-only ones, "
+                         "so the saturation statistic does not mark a black-and-white photo as degraded; '' for none)")
     ap.add_argument("--out", type=Path, help="default: <model>_tone.safetensors beside the model")
     args = ap.parse_args()
     if args.mildest < 0 or args.lam < 0 or args.temperature <= 0:
@@ -71,7 +75,8 @@ def fit() -> None:
     cfg = load_train_config(args.config)
     net = load_net(entry)
     ds = load_dataset(cfg.data.dataset, root=cfg.data.root, allow_missing=cfg.data.allow_missing)
-    pairs = scene_pairs(ds, mildest=args.mildest or None)
+    skip = frozenset(t for t in args.skip_types.split(",") if t)
+    pairs = scene_pairs(ds, mildest=args.mildest or None, skip_types=skip)
     scores = head_scores(net, entry.card, cfg, ds)
     stats = image_statistics(ds, entry.card.input)
     term = fit_tone_term(stats, scores, pairs, lam=args.lam, temperature=args.temperature)
@@ -81,7 +86,7 @@ def fit() -> None:
     print("weights per standardised statistic: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(STATISTICS, term.weights)))
     out = args.out or entry.weights_path.with_name(entry.weights_path.stem + "_tone.safetensors")
     fit = {"dataset": str(cfg.data.dataset), "pairs": len(pairs), "mildest": args.mildest, "lam": args.lam,
-           "temperature": args.temperature, "train_pairs_ordered_without": ordered_share(scores, pairs),
+           "temperature": args.temperature, "skip_types": sorted(skip), "train_pairs_ordered_without": ordered_share(scores, pairs),
            "train_pairs_ordered_with": ordered_share(with_term, pairs)}
     card = save_model(net, replace(entry.card, tone=term, metrics={**entry.card.metrics, "tone_fit": fit}), out)
     print(f"wrote {out} (sha256 {card.weights_sha256[:16]}...)")

@@ -46,20 +46,22 @@ def image_statistics(ds: IQADataset, policy: InputPolicy, workers: int = 2) -> n
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(STATISTICS)))
 
 
-def scene_pairs(ds: IQADataset, mildest: int | None = 2) -> np.ndarray:
+def scene_pairs(ds: IQADataset, mildest: int | None = 2, skip_types: frozenset[str] = frozenset()) -> np.ndarray:
     """(P, 2) indices (pristine image, distorted version) within the scenes of a synthetic dataset.
 
     ``mildest``: keep, of each scene's versions of one distortion type, only the ``mildest`` best
     labelled (in a ``qfmiqm synth`` set: levels 1 and 2); None keeps every version. Mild versions
     are the pairs a head gets wrong (docs/default-model.md); the heavy ones it orders by tens of
-    points would only dilute the loss.
+    points would only dilute the loss. ``skip_types``: distortion types left out (the colour-only
+    ones of qfmiqm.data.anchor: a black-and-white photo must not be taught as worse than its
+    colour original through the saturation statistic).
     """
     if ds.content is None or ds.types is None:
         raise UsageError(f"{ds.name}: fitting a tone term needs a synthetic set with reference and type columns")
     pristine = {c: i for i, (c, t) in enumerate(zip(ds.content, ds.types)) if t == PRISTINE_TYPE}
     groups: dict[tuple[str, str], list[int]] = {}
     for i, (c, t) in enumerate(zip(ds.content, ds.types)):
-        if t != PRISTINE_TYPE and c in pristine:
+        if t != PRISTINE_TYPE and t not in skip_types and c in pristine:
             groups.setdefault((c, t), []).append(i)
     pairs = []
     for (c, _), versions in groups.items():
