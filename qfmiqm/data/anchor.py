@@ -46,7 +46,7 @@ DEFAULT_SPREAD = 0.5
 #: photo, not a degraded one (issue 22), and the human sets disagree most here (TID2013 rates
 #: saturation loss mild, KADID-10k severe). Their distance below pristine is scaled by this.
 COLOUR_ONLY = frozenset({"desaturate"})
-DEFAULT_COLOUR_WEIGHT = 0.35
+DEFAULT_COLOUR_WEIGHT = 0.25
 #: The proxy's within-cell standardised position is clipped to +-this many standard deviations.
 DEFAULT_CLIP = 2.0
 #: Label of pristine rows: KADID's 5 ("imperceptible") on the registry's scale, i.e. 100.
