@@ -84,21 +84,25 @@ def score(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled (non-safetensors) weight files."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     decode: str = typer.Option("workers", "--decode", help="Where JPEGs are decoded: workers (Pillow, the same pixels everywhere) or device (nvJPEG on a GPU: faster, scores within about 1 point)."),
-    map_dir: Optional[str] = typer.Option(None, "--map", help="Also save an attention-map overlay per scored image as DIR/<stem>.map.png (docs/attention-maps.md).", metavar="DIR"),
+    map_dir: Optional[str] = typer.Option(None, "--map", help="Also save a quality-map overlay per scored image as DIR/<stem>.map.png (docs/quality-maps.md).", metavar="DIR"),
+    map_data: bool = typer.Option(False, "--map-data", help="With --map: also write each map's values as DIR/<stem>.map.npy (float32, 0-100, one per 32-px cell)."),
     engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster, Ray Data; docs/distributed.md)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: the cluster to join (auto, HOST:PORT, ray://HOST:PORT; default: $RAY_ADDRESS, else a local Ray started for the run).", metavar="ADDR"),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", min=1, help="--engine ray: model workers (Ray actors; default: one per GPU, else one per --worker-cpus CPUs of the cluster)."),
     worker_cpus: Optional[float] = typer.Option(None, "--worker-cpus", min=0.01, help="--engine ray: CPUs per model worker, also its model's threads (default 1)."),
     worker_gpus: Optional[float] = typer.Option(None, "--worker-gpus", min=0.01, max=1.0, help="--engine ray: GPU share per model worker (default 1; 0.5 = two workers per GPU)."),
+    report: Optional[str] = typer.Option(None, "--report", help="Also write a self-contained HTML report of the rows (as 'qfmiqm report'; docs/report.md).", metavar="FILE.html"),
     debug: bool = DebugOpt,
 ) -> None:
     """Score images: 0-100, higher is better. Prints CSV (path,score) unless --output is given.
 
     PATHS may also be URIs that pyarrow reads (s3://, gs://, file://).
 
-    With --map DIR, a second pass writes the attention map of each image scored in this run.
+    With --map DIR, a second pass writes the quality map of each image scored in this run.
 
     With --engine ray the job runs on a Ray cluster: same rows, scores and errors (docs/distributed.md).
+
+    With --report FILE.html the rows (and --map overlays) also go into one HTML page (docs/report.md).
 
     Exit code 0: all scored; 1: some files failed (or their maps); 2: usage error.
     """
@@ -107,6 +111,12 @@ def score(
     with user_errors(debug):
         if resume and output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
+        if map_data and map_dir is None:
+            raise UsageError("--map-data needs --map DIR (the folder it writes to)")
+        if report is not None:
+            from qfmiqm.eval.html_report import check_report_path
+
+            check_report_path(report)  # a bad report path fails before any scoring
         from qfmiqm.engines import ENGINES
 
         if engine not in ENGINES:
@@ -126,14 +136,31 @@ def score(
             scorer = _ray_engine(spec, options, debug)
         else:
             scorer = _local_engine(spec, workers, map_dir)
+        if report is not None:
+            from qfmiqm.eval.html_report import RecordingEngine
+
+            scorer = RecordingEngine(scorer)
         failures, map_failures = _score_to_output(scorer, items, output, resume, batch_size,
-                                                  progress and sys.stderr.isatty(), map_dir)
+                                                  progress and sys.stderr.isatty(), map_dir, map_data)
+        if report is not None:
+            _score_report(report, output, scorer.results, map_dir)
     if failures:
         _err(f"{failures} of {len(items)} file(s) could not be scored")
     if map_failures:
-        _err(f"{map_failures} attention map(s) could not be written")
+        _err(f"{map_failures} quality map(s) could not be written")
     if failures or map_failures:
         raise typer.Exit(1)
+
+
+def _score_report(report: str, output: Optional[str], results: list, map_dir: Optional[str]) -> None:
+    """``score --report``: the HTML report of the output file (resumed rows included), or of this
+    run's results when they went to stdout. Paths are as given, so relative to this folder."""
+    from qfmiqm.eval.html_report import write_report
+    from qfmiqm.outputs import read_results
+
+    rows = read_results(output) if output is not None else results
+    written = write_report(rows, report, bases=[Path.cwd()], maps_dir=map_dir, source=output or "")
+    _err(f"report: {written.path}")
 
 
 def _with_crops(model, num_crops: int):
@@ -161,7 +188,7 @@ def _local_engine(spec, workers: Optional[int], map_dir: Optional[str]):
     if spec.num_crops is not None:
         m = _with_crops(m, spec.num_crops)
     if map_dir is not None:
-        from qfmiqm.eval.attention_map import prepare_map_dir, supports_maps
+        from qfmiqm.eval.quality_map import prepare_map_dir, supports_maps
 
         if not supports_maps(m):
             raise UsageError("--map needs a PyTorch model (a .safetensors checkpoint or zoo name, not ONNX)")
@@ -194,9 +221,10 @@ def _ray_engine(spec, options: dict, debug: bool):
 
 
 def _score_to_output(engine, items: list[str], output: Optional[str], resume: bool, batch_size: int,
-                     progress: bool, map_dir: Optional[str] = None) -> tuple[int, int]:
+                     progress: bool, map_dir: Optional[str] = None, map_data: bool = False) -> tuple[int, int]:
     """Score ``items`` into ``output`` row by row with ``engine`` (qfmiqm.engines), then
-    (``map_dir``, local engine) write the attention maps of the files scored now; returns how many
+    (``map_dir``, local engine) write the quality maps of the files scored now (``map_data``: their
+    ``.npy`` too); returns how many
     inputs have no score and how many maps failed."""
     from qfmiqm.outputs import open_writer, prepare_resume
 
@@ -204,7 +232,7 @@ def _score_to_output(engine, items: list[str], output: Optional[str], resume: bo
     failures = sum(1 for p in items if p in previous and not previous[p].ok)
     todo = [p for p in items if p not in previous]
     writer, stream = open_writer(output, append=bool(previous))
-    scored = []
+    scored: dict[str, float] = {}  # path -> score: the maps' titles show it without scoring again
     try:
         for result in engine.run(todo, batch_size=batch_size, progress=progress):
             writer.write(result)
@@ -212,19 +240,41 @@ def _score_to_output(engine, items: list[str], output: Optional[str], resume: bo
                 failures += 1
                 _err(f"error: {result.path}: {result.error}")
             else:
-                scored.append(result.path)
+                scored[result.path] = result.score
     finally:
         writer.close()
         if stream is not sys.stdout:
             stream.close()
     if map_dir is None or not scored:
         return failures, 0
-    from qfmiqm.eval.attention_map import save_maps
+    from qfmiqm.eval.quality_map import save_maps
 
     m = engine.model
     if progress:
-        _err(f"writing {len(scored)} attention map(s) to {map_dir}")
-    return failures, save_maps(m, scored, map_dir, on_error=lambda p, e: _err(f"error: {p}: {e}"))
+        _err(f"writing {len(scored)} quality map(s) to {map_dir}")
+    return failures, save_maps(m, list(scored), map_dir, on_error=lambda p, e: _err(f"error: {p}: {e}"),
+                               data=map_data, scores=scored)
+
+
+@app.command("report")
+def report_cmd(
+    scores: str = typer.Argument(..., help="Score file from 'qfmiqm score' (.csv, .json, .jsonl or .parquet)."),
+    out: str = typer.Option("report.html", "--out", "-o", help="The HTML file to write."),
+    maps: Optional[str] = typer.Option(None, "--maps", help="Folder of 'score --map' overlays (<name>.map.png), shown beside each image.", metavar="DIR"),
+    debug: bool = DebugOpt,
+) -> None:
+    """One self-contained HTML page for a score file: counts, failures, score histogram, the 24
+    worst and 24 best images as thumbnails, median per subfolder. Opens offline (docs/report.md).
+
+    Relative paths in the score file are looked up under its folder, then the current one.
+    Exit code 0: written; 2: usage error (no such file, not a score file).
+    """
+    from qfmiqm.eval.html_report import report_from_file
+
+    with user_errors(debug):
+        written = report_from_file(scores, out, maps)
+    typer.echo(f"report: {written.path} ({written.count:,} rows, {written.failed:,} failed, "
+               f"{written.size_bytes / 1024:,.0f} KiB)")
 
 
 @app.command("models")
@@ -362,7 +412,7 @@ def _print_distortions() -> None:
     for col in ("type", "family", "KADID #", "levels 1..5", "parameter"):
         table.add_column(col)
     for d in DISTORTIONS.values():
-        table.add_row(d.name, d.family, str(d.kadid_id), ", ".join(f"{p:g}" for p in d.params), d.unit)
+        table.add_row(d.name, d.family, str(d.kadid_id or "-"), ", ".join(f"{p:g}" for p in d.params), d.unit)
     Console(width=max(110, Console().width)).print(table)
 
 

@@ -148,6 +148,15 @@ class QualityModel:
     def map_score(self, raw: float) -> float:
         return self.card.score.apply(float(raw))
 
+    def quality_map(self, image: Any) -> np.ndarray:
+        """The local quality map of one image: float32 (rows, cols) on the 0-100 scale, one value
+        per 32 x 32-pixel backbone cell of the policy-resized image, each the model's score of
+        the 224-pixel neighbourhoods around it (docs/quality-maps.md). Runs in PyTorch; a model
+        in ONNX Runtime loads its PyTorch twin for it once. Raises ImageError on a bad image."""
+        from qfmiqm.eval.quality_map import quality_map
+
+        return quality_map(self, image, with_score=False).values
+
     # --- many inputs ---------------------------------------------------------------------------
 
     def iter_scores(

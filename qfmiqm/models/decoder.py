@@ -10,7 +10,7 @@ Initialisation follows DEIQT: truncated normal (std 0.02) for queries and linear
 zero biases.
 
 ``record_attention()`` is the opt-in way to see where the panel looks (attention maps,
-docs/attention-maps.md): while it is active, forward hooks on the cross-attention modules
+docs/quality-maps.md): while it is active, forward hooks on the cross-attention modules
 record the weights; without it no hook exists and the forward pass is the plain one.
 """
 from __future__ import annotations
