@@ -3,7 +3,7 @@
 - ``onnx``: ONNX Runtime (qfmiqm.models.runtime_onnx). The fastest on a CPU for this family of
   networks, and it needs no torch: scoring on the CPU never imports it.
 - ``torch``: PyTorch (qfmiqm.models.runtime_torch), for CUDA GPUs and for anything that needs
-  the network's modules (attention maps, feature diagnostics).
+  the network's modules (quality maps, feature diagnostics).
 
 ``auto`` picks ONNX Runtime on the CPU and PyTorch on CUDA. Both run the same graph
 (qfmiqm.models.graph.ScoringGraph), so their scores agree within 1e-3 on the 0-100 scale.

@@ -23,7 +23,7 @@ class TorchRuntime:
 
     @property
     def net(self):
-        """The ``QualityNet`` inside (backbone and head), for attention maps and diagnostics."""
+        """The ``QualityNet`` inside (backbone and head), for quality maps and diagnostics."""
         return self.graph.net
 
     def launch(self, views: Any) -> torch.Tensor:
