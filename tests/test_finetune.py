@@ -11,8 +11,10 @@ from qfmiqm.models.qfm import QualityNet
 from qfmiqm.train.finetune import backbone_units, set_backbone_mode, trainable_param_groups
 
 LAST_BLOCK = {"efficientnet_lite0": "blocks.6.", "efficientnet_lite0_pixstats": "blocks.6.",
+              "efficientnet_lite0_nss": "blocks.6.", "efficientnet_lite0_pixstats_nss": "blocks.6.",
               "vit_small_patch16_224": "blocks.11.", "resnet50": "layer4."}
 SECOND_LAST = {"efficientnet_lite0": "blocks.5.", "efficientnet_lite0_pixstats": "blocks.5.",
+               "efficientnet_lite0_nss": "blocks.5.", "efficientnet_lite0_pixstats_nss": "blocks.5.",
                "vit_small_patch16_224": "blocks.10.", "resnet50": "layer3."}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from qfmiqm.data.transforms import InputPolicy
 from qfmiqm.errors import UsageError
@@ -188,6 +188,11 @@ class RunConfig:
     #: what computes the cached features: "onnx" (ONNX Runtime, 2-3x faster than PyTorch eager on
     #: a CPU), "torch", or "auto" (ONNX Runtime for a CNN backbone on the CPU without autocast)
     cache_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    #: last_n fine-tuning: cache what the frozen part of the backbone computes (the activation
+    #: entering the first trained block, the frozen levels) once per crop, so a step runs only the
+    #: trained blocks; augmentation is then fixed per cached crop (train.crops_per_image of them).
+    #: auto: on for last_n with a CNN backbone on crops, without distillation (docs/training.md)
+    cache_block_inputs: Union[bool, Literal["auto"]] = "auto"
     #: checkpoint every N optimiser steps as well as at each epoch end (0: epoch ends only)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -291,6 +296,14 @@ def validate(cfg: TrainConfig) -> None:
     if t.cache_features and cfg.model.finetune.mode != "frozen":
         raise UsageError(f"config: 'train.cache_features' needs a frozen backbone "
                          f"(model.finetune.mode=frozen), not '{cfg.model.finetune.mode}'")
+    if t.cache_block_inputs is True and cfg.model.finetune.mode != "last_n":
+        raise UsageError(f"config: 'train.cache_block_inputs' needs model.finetune.mode=last_n, "
+                         f"not '{cfg.model.finetune.mode}'")
+    if t.cache_block_inputs is True and cfg.qfm.kd and d.extra:
+        raise UsageError("config: 'train.cache_block_inputs' does not combine with distillation "
+                         "(qfm.kd with data.extra): the teacher needs the live images")
+    if t.cache_block_inputs is True and cfg.model.input.layout == "whole":
+        raise UsageError("config: 'train.cache_block_inputs' needs model.input.layout=crops, not whole")
     try:
         cfg.model.input.policy((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     except UsageError as exc:
