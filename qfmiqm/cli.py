@@ -365,7 +365,7 @@ from qfmiqm.data import synth_defaults as _synth_defaults  # noqa: E402 - defaul
 def synth_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (created; a rerun continues it)."),
     src: Optional[str] = typer.Option(None, "--src", help="Folder of pristine images (default: the real photos shipped with scikit-image)."),
-    types: Optional[List[str]] = typer.Option(None, "--types", "-t", help="Distortion types, comma-separated or repeated (default: all; see --list-types)."),
+    types: Optional[List[str]] = typer.Option(None, "--types", "-t", help="Distortion types, comma-separated or repeated; groups: kadid (KADID-10k's 25), camera (the camera defects) (default: all; see --list-types)."),
     levels: str = typer.Option(str(_synth_defaults.DEFAULT_LEVELS), "--levels", help="N for levels 1..N, or a list such as 1,3,5."),
     seed: int = typer.Option(_synth_defaults.DEFAULT_SEED, "--seed", help="Random seed (crops, noise, patch positions)."),
     fmt: str = typer.Option(_synth_defaults.DEFAULT_FORMAT, "--format", help=f"Distorted image format: {', '.join(_synth_defaults.FORMAT_NAMES)} (references are always PNG)."),

@@ -110,6 +110,10 @@ def test_parsers_and_crop_boxes():
             parse_levels(bad)
     assert parse_types(None) == tuple(DISTORTIONS)
     assert parse_types(["jpeg,gaussian_blur", "jpeg"]) == ("jpeg", "gaussian_blur")
+    kadid, camera = parse_types(["kadid"]), parse_types(["camera"])
+    assert len(kadid) == 25 and all(DISTORTIONS[n].kadid_id for n in kadid)
+    assert camera and all(DISTORTIONS[n].kadid_id is None for n in camera)
+    assert parse_types(["kadid,camera"]) == tuple(DISTORTIONS)
     assert crop_boxes(100, 200, None, 1, np.random.default_rng(0)) == [(0, 0, 100, 200)]
     assert crop_boxes(100, 200, 50, 1, np.random.default_rng(0)) == [(25, 75, 50, 50)]
     boxes = crop_boxes(100, 200, 50, 6, np.random.default_rng(0))

@@ -9,11 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python tools/collect_photos.py --out datasets/pristine
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0 \
+  --types kadid
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 10 \
   --seed 7 --types white_noise --levels 1
 python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv
-qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1
+qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1 \
+  --types kadid
 qfmiqm train --config configs/default_model.yaml "$@"
 # the image-level tone term, fitted with the head frozen (docs/default-model.md, "The tone term")
 python tools/fit_tone.py --model runs/default_model/best.safetensors --config configs/default_model.yaml \

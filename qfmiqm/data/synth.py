@@ -259,12 +259,20 @@ def parse_levels(spec: str | int) -> tuple[int, ...]:
     return levels
 
 
+#: type groups usable in ``--types``: KADID-10k's 25 types, the camera defects (docs/synth.md)
+TYPE_GROUPS = {
+    "kadid": lambda: tuple(n for n in available_names() if get_distortion(n).kadid_id is not None),
+    "camera": lambda: tuple(n for n in available_names() if get_distortion(n).kadid_id is None),
+}
+
+
 def parse_types(specs: Optional[Sequence[str]]) -> tuple[str, ...]:
-    """Type names (repeated or comma-separated); None, empty or "all" -> every type this
-    installation can run, in registry order."""
+    """Type names or groups (``kadid``, ``camera``; repeated or comma-separated); None, empty or
+    "all" -> every type this installation can run, in registry order."""
     names = [n.strip() for s in (specs or ()) for n in s.split(",") if n.strip()]
     if not names or names == ["all"]:
         return tuple(available_names())
+    names = [t for n in names for t in (TYPE_GROUPS[n]() if n in TYPE_GROUPS else (n,))]
     for n in names:
         get_distortion(n)
     return tuple(dict.fromkeys(names))
