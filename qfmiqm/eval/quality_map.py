@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qfmiqm.data.feed import Prepared
 from qfmiqm.data.images import to_rgb_array
-from qfmiqm.data.policy import cut_views, resize_for_policy, view_weights
+from qfmiqm.data.policy import cut_views, resize_for_policy
 from qfmiqm.errors import ImageError, UsageError
 from qfmiqm.files import atomic_path
 from qfmiqm.models.backbones import BackboneFeatures
@@ -217,22 +218,6 @@ def upsample(values: np.ndarray, cell: int, shape: tuple[int, int]) -> np.ndarra
 # --- the public functions -----------------------------------------------------------------------
 
 
-def tone_raw(model: QualityModel, views: list[np.ndarray]) -> float:
-    """The card's tone term of an image (0 without one): whole-image statistics over its views."""
-    if model.card.tone is None:
-        return 0.0
-    from qfmiqm.models.tone import tone_statistics
-
-    return float(model.card.tone.of_statistics(tone_statistics(views)[None])[0])
-
-
-def policy_score(model: QualityModel, graph: ScoringGraph, views: list[np.ndarray], tone: float) -> float:
-    """The image's score as ``QualityModel.score`` computes it, from its policy views."""
-    device = graph.mean.device
-    raws = [float(graph(torch.tensor(v, device=device)[None])[0]) for v in views]  # sizes may differ
-    return model.map_score(float(np.dot(view_weights(views), raws)) + tone)
-
-
 def quality_map(model: QualityModel, item: Any, with_score: bool = True) -> QualityMap:
     """The quality map of one image (path, PIL image, array or tensor), decoded and resized by the
     model's input policy exactly as for scoring. ``with_score``: also compute the image's score
@@ -244,13 +229,17 @@ def quality_map(model: QualityModel, item: Any, with_score: bool = True) -> Qual
         raise ImageError(f"{img.shape[1]}x{img.shape[0]} after resizing is too large for a quality map "
                          f"(one backbone pass; at most {MAX_MAP_PIXELS // 2**20} Mpx)")
     views = [np.ascontiguousarray(v) for v in cut_views(img, policy)]
-    tone = tone_raw(model, views)  # the image's tone term shifts every window alike
+    statistics = model.prepare_spec().statistics  # None without a tone term
+    prepared = Prepared(views, statistics(views) if statistics is not None else None)
+    # the image's tone term shifts every window alike
+    tone = float(model.card.tone.of_statistics(prepared.stats[None])[0]) if prepared.stats is not None else 0.0
     device = next(net.parameters()).device
-    graph = ScoringGraph(net, policy).to(device)  # the scoring path's normalisation, and its score
+    graph = ScoringGraph(net, policy).to(device)  # the scoring path's normalisation
     with torch.inference_mode():
         x = graph.normalised(torch.tensor(img, dtype=torch.uint8, device=device)[None])
         raw, cell = window_scores(net, x, policy.size)
-        score = policy_score(model, graph, views, tone) if with_score else None
+    # the scoring path's own per-batch function: the same views, statistics and runtime as score()
+    score = model.map_score(model.raw_scores_of([prepared])[0]) if with_score else None
     to_score = np.vectorize(lambda r: model.map_score(r + tone), otypes=[np.float64])
     values = cells_from_windows(to_score(raw), policy.size // cell)
     return QualityMap(img, values.astype(np.float32), cell, score)
