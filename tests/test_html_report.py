@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from qfmiqm.cli import app
 from qfmiqm.eval.html_report import (
-    MAP_SUFFIX, TOP_N, folder_medians, histogram, pick_extremes, report_from_file, write_report,
+    TOP_N, folder_medians, histogram, pick_extremes, report_from_file, write_report,
 )
+from qfmiqm.eval.map_names import MAP_SUFFIX
 from qfmiqm.outputs import open_writer
 from qfmiqm.results import ScoreResult
 

@@ -11,7 +11,6 @@ Kept free of heavy imports (no torch, no matplotlib): only Pillow and the result
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import os
@@ -23,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote, unquote, urlparse
 
 from qfmiqm.errors import UsageError
+from qfmiqm.eval.map_names import map_name
 from qfmiqm.results import ScoreResult
 
 #: Images shown in each of the worst and best lists.
@@ -35,9 +35,6 @@ MAX_FAILURES = 200
 MAX_FOLDERS = 200
 #: Histogram bins over 0-100 (5 points each).
 HIST_BINS = 20
-#: The overlay name ``score --map`` writes (MAP_SUFFIX of its map module), not imported from
-#: there because that module imports torch.
-MAP_SUFFIX = ".map.png"
 
 
 @dataclass(frozen=True)
@@ -121,11 +118,10 @@ class Locator:
         if self.maps_dir is None:
             return None
         stem = PurePosixPath(path).stem
-        names = [f"{stem}{MAP_SUFFIX}"]
+        names = [map_name(stem)]
         found = self.image(path)
         if found is not None:
-            digest = hashlib.sha1(os.fsencode(os.path.normpath(str(found)))).hexdigest()[:8]
-            names.insert(0, f"{stem}-{digest}{MAP_SUFFIX}")
+            names.insert(0, map_name(stem, found))
         for name in names:
             candidate = self.maps_dir / name
             if candidate.is_file():

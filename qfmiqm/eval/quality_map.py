@@ -20,11 +20,9 @@ twin loaded once (same zoo entry, same weights digest) for its maps.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -34,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from qfmiqm.data.feed import Prepared
+from qfmiqm.eval.map_names import DATA_SUFFIX, MAP_SUFFIX, map_filenames  # noqa: F401 - map_filenames re-exported
 from qfmiqm.data.images import to_rgb_array
 from qfmiqm.data.policy import cut_views, resize_for_policy
 from qfmiqm.errors import ImageError, UsageError
@@ -43,8 +42,6 @@ from qfmiqm.models.graph import ScoringGraph, pool_matrix
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.scoring import QualityModel
 
-MAP_SUFFIX = ".map.png"
-DATA_SUFFIX = ".map.npy"
 #: the Gaussian's sigma that weights the windows covering a cell, in window sides: small enough
 #: that a cell is dominated by the windows centred near it, large enough for a smooth map
 WINDOW_SIGMA = 0.25
@@ -283,22 +280,6 @@ def save_data(qmap: QualityMap, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, qmap.values)
     return Path(path)
-
-
-def map_filenames(paths: Iterable[str]) -> dict[str, str]:
-    """File names for the maps of ``paths``: ``<stem>.map.png``; stems that occur more than once
-    (same name in several folders, or ``a.jpg`` and ``a.png``) all get ``<stem>-<hash>.map.png``,
-    ``hash`` being the first 8 hex digits of the SHA-1 of the file's absolute path."""
-    paths = list(paths)
-    stems = Counter(Path(p).stem for p in paths)
-    names = {}
-    for p in paths:
-        stem = Path(p).stem
-        if stems[stem] > 1:
-            digest = hashlib.sha1(os.fsencode(os.path.normpath(os.path.abspath(p)))).hexdigest()[:8]
-            stem = f"{stem}-{digest}"
-        names[p] = stem + MAP_SUFFIX
-    return names
 
 
 def prepare_map_dir(folder: str | os.PathLike) -> Path:
