@@ -83,13 +83,8 @@ def test_flat_and_clipped_images_give_finite_statistics():
         assert out.abs().max() < 0.01  # float32 rounding of a flat window, not structure
 
 
-def test_nss_backbone_appends_one_level_and_exports_to_onnx(tmp_path, coffee_crop):
-    pytest.importorskip("onnxruntime")
-    from qfmiqm.export import export_model
-    from qfmiqm.models.card import DecoderConfig, ModelCard
-    from qfmiqm.models.qfm import QualityNet
-    from qfmiqm.models.registry import save_model
-
+def test_nss_backbone_appends_one_level(coffee_crop):
+    # its ONNX export is tested with the other pixel levels' (tests/test_pixel_stats.py)
     plain = create_backbone("efficientnet_lite0")
     both = create_backbone("efficientnet_lite0_pixstats_nss")
     assert both.feature_dims[: len(plain.feature_dims)] == plain.feature_dims
@@ -98,14 +93,3 @@ def test_nss_backbone_appends_one_level_and_exports_to_onnx(tmp_path, coffee_cro
     with torch.no_grad():
         maps = both(_normalised(coffee_crop, both.mean, both.std)).maps
     assert maps[-1].shape[-2:] == (28, 28)
-
-    torch.manual_seed(0)
-    net = QualityNet(create_backbone("efficientnet_lite0_nss"), DecoderConfig(width=32, heads=2, grid=4))
-    with torch.no_grad():  # a head that reads the statistics level strongly
-        net.head.adapter.proj[-1].weight.mul_(50)
-    card = ModelCard(name="nss", backbone="efficientnet_lite0_nss", trained=True,
-                     decoder=DecoderConfig(width=32, heads=2, grid=4))
-    ckpt = tmp_path / "nss.safetensors"
-    save_model(net, card, ckpt)
-    result = export_model(ckpt, tmp_path / "nss.onnx")  # raises ExportError unless onnxruntime agrees
-    assert result.max_abs_diff < 0.01

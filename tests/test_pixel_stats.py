@@ -69,7 +69,8 @@ def test_pixstats_backbone_appends_one_level_and_keeps_the_others(samples, coffe
     assert b.maps[-1].shape[-2:] == (224 // 8, 224 // 8)
 
 
-def test_a_model_on_the_pixstats_backbone_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0_pixstats", "efficientnet_lite0_nss"])
+def test_a_model_on_a_pixel_level_backbone_exports_to_onnx(tmp_path, backbone):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from qfmiqm.export import export_model
@@ -78,10 +79,10 @@ def test_a_model_on_the_pixstats_backbone_exports_to_onnx(tmp_path):
     from qfmiqm.models.registry import save_model
 
     torch.manual_seed(0)
-    net = QualityNet(create_backbone("efficientnet_lite0_pixstats"), DecoderConfig(width=32, heads=2, grid=4))
+    net = QualityNet(create_backbone(backbone), DecoderConfig(width=32, heads=2, grid=4))
     with torch.no_grad():  # a head that reads the statistics level strongly
         net.head.adapter.proj[-1].weight.mul_(50)
-    card = ModelCard(name="px", backbone="efficientnet_lite0_pixstats", trained=True,
+    card = ModelCard(name="px", backbone=backbone, trained=True,
                      decoder=DecoderConfig(width=32, heads=2, grid=4))
     ckpt = tmp_path / "px.safetensors"
     save_model(net, card, ckpt)
