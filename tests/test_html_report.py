@@ -214,7 +214,7 @@ def test_report_command(runner, tmp_path, samples):
 
 @pytest.mark.parametrize("problem, message", [
     ("missing", "no such score file"), ("not_scores", "not a qfmiqm score file"),
-    ("suffix", "unknown output format"), ("maps", "no such folder"), ("out_dir", "is a folder"),
+    ("not_scores_csv", "not a qfmiqm score file"), ("suffix", "unknown output format"), ("maps", "no such folder"), ("out_dir", "is a folder"),
 ])
 def test_report_command_usage_errors(runner, tmp_path, samples, problem, message):
     scores = _write_scores(tmp_path / "scores.csv", [ScoreResult(str(samples["coffee"]), 42.0)])
@@ -224,6 +224,9 @@ def test_report_command_usage_errors(runner, tmp_path, samples, problem, message
     elif problem == "not_scores":
         (tmp_path / "other.json").write_text('{"a": 1}')
         args[1] = str(tmp_path / "other.json")
+    elif problem == "not_scores_csv":  # a foreign CSV: no path column, so no rows to report
+        (tmp_path / "other.csv").write_text("name,value\n")
+        args[1] = str(tmp_path / "other.csv")
     elif problem == "suffix":
         args[1] = str(tmp_path / "scores.txt")
     elif problem == "maps":

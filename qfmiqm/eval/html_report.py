@@ -11,6 +11,7 @@ Kept free of heavy imports (no torch, no matplotlib): only Pillow and the result
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import os
@@ -60,9 +61,20 @@ def read_scores(path: str | os.PathLike) -> list[ScoreResult]:
     if not Path(path).is_file():
         raise UsageError(f"{path}: no such score file")
     try:
+        if format_for(path) == "csv":
+            _check_csv_header(Path(path))
         return read_results(path)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise UsageError(f"{path}: not a qfmiqm score file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_csv_header(path: Path) -> None:
+    """A ValueError unless the CSV's first line names a ``path`` column (a header-only or foreign
+    CSV would otherwise read as a score file with no rows)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    if "path" not in header:
+        raise ValueError(f"no 'path' column in its header {header[:5]}")
 
 
 def _has_score(row: ScoreResult) -> bool:
