@@ -118,6 +118,19 @@ def test_colour_loss_costs_less_than_heavy_blur_or_compression():
         A.anchor_rows(rows, colour_weight=1.5)
 
 
+def test_colour_types_choose_which_types_the_colour_weight_scales():
+    rows = _fake_rows(types=["desaturate", "oversaturate", "jpeg"], refs=8)
+    full = {r["path"]: r["score"] for r in A.anchor_rows(rows, colour_weight=1.0)}
+    default = {r["path"]: r["score"] for r in A.anchor_rows(rows)}
+    both = {r["path"]: r["score"] for r in A.anchor_rows(rows, colour_types=["desaturate", "oversaturate"])}
+    for r in rows:
+        p, t = r["path"], r["type"]
+        scaled = 100 - A.DEFAULT_COLOUR_WEIGHT * (100 - full[p])
+        assert default[p] == pytest.approx(scaled if t == "desaturate" else full[p], abs=2e-3)
+        assert both[p] == pytest.approx(full[p] if t == "jpeg" else scaled, abs=2e-3)
+    assert any(both[r["path"]] > default[r["path"]] + 5 for r in rows if r["type"] == "oversaturate")
+
+
 def test_spread_zero_gives_the_cell_mean():
     out = A.anchor_rows(_fake_rows(types=["gaussian_blur", "jpeg", "white_noise"]), spread=0.0)
     for r in out:

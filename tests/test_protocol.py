@@ -1,6 +1,7 @@
 """qfmiqm protocol: N-split bookkeeping, medians, resume, ablation and cross-dataset tables."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -48,6 +49,8 @@ def test_ten_splits_medians_and_resume(data, tmp_path):
     splits = json.loads((out / "splits.json").read_text())
     assert len(splits["splits"]) == 10
     results = json.loads((out / "results.json").read_text())
+    references = {row["reference"] for row in csv.DictReader(open(labels))}
+    assert results["references"] == len(references) > 1
     srcc = [r["srcc"] for r in results["per_split"]["synthetic_deiqt"]]
     assert len(srcc) == 10
     assert results["summary"]["synthetic_deiqt"]["srcc"]["median"] == pytest.approx(np.median(srcc))

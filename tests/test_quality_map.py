@@ -78,6 +78,20 @@ def test_map_score_is_the_models_score(default_torch_model, coffee, coffee_map):
     assert coffee_map.score == pytest.approx(default_torch_model.score(coffee), abs=1e-3)
 
 
+def test_whole_image_model_scores_and_maps_from_one_backbone_pass(default_torch_model, coffee, monkeypatch):
+    from qfmiqm.scoring import with_policy
+
+    whole = with_policy(default_torch_model, layout="whole")
+    expected = whole.score(coffee)
+    net = whole.net
+    calls = []
+    forward = type(net.backbone).forward
+    monkeypatch.setattr(type(net.backbone), "forward", lambda self, x: calls.append(x.shape) or forward(self, x))
+    m = quality_map(whole, coffee)
+    assert len(calls) == 1, f"backbone passes: {calls}"
+    assert m.score == pytest.approx(expected, abs=1e-3)
+
+
 def test_map_of_one_crop_is_that_crops_score(default_torch_model, coffee):
     small = coffee[:224, :224]  # one window, the same view as every crop of the policy
     m = quality_map(default_torch_model, small)

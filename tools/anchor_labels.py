@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from qfmiqm.data.anchor import (DEFAULT_CLIP, DEFAULT_COLOUR_WEIGHT, DEFAULT_SPREAD, anchor_file, cell_means, human_means,
+from qfmiqm.data.anchor import (COLOUR_ONLY, DEFAULT_CLIP, DEFAULT_COLOUR_WEIGHT, DEFAULT_SPREAD, anchor_file, cell_means, human_means,
                                 proxy_of, read_rows, report, type_bootstrap)
 from qfmiqm.errors import UsageError
 
@@ -47,13 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="do not pool labels that would rank a stronger level of one crop above a weaker one")
     ap.add_argument("--colour-weight", type=float, default=DEFAULT_COLOUR_WEIGHT,
                     help=f"scale of the colour-only types' distance below pristine (default {DEFAULT_COLOUR_WEIGHT}; 1: as KADID's cells)")
+    ap.add_argument("--colour-types", default=",".join(sorted(COLOUR_ONLY)),
+                    help="comma-separated types whose distance below pristine --colour-weight scales "
+                         f"(default {','.join(sorted(COLOUR_ONLY))})")
     ap.add_argument("--report", action="store_true", help="print the agreement with the human sets")
     args = ap.parse_args(argv)
     try:
         rows, _ = read_rows(args.src)
         out = anchor_file(args.src, args.dst, spread=args.spread, clip=args.clip,
                           calibration=args.calibration, level_order=not args.no_level_order,
-                          colour_weight=args.colour_weight)
+                          colour_weight=args.colour_weight,
+                          colour_types=[t for t in args.colour_types.split(",") if t])
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -350,14 +350,16 @@ def keep_level_order(rows: Sequence[Mapping[str, object]], labels: np.ndarray, t
 def anchor_rows(rows: Sequence[Mapping[str, object]], spread: float = DEFAULT_SPREAD,
                 clip: float = DEFAULT_CLIP,
                 calibration: Optional[Sequence[Mapping[str, object]]] = None,
-                level_order: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT) -> list[dict]:
+                level_order: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
+                colour_types: Iterable[str] = COLOUR_ONLY) -> list[dict]:
     """Re-label the rows of a synth labels file (dicts with path, type or dtype, level, score).
 
     Returns new dicts: every column kept, ``score`` the human-anchored label (0-100, 3
     decimals), ``proxy_score`` the proxy it came from. ``calibration`` (rows of another labels
     file) fits the proxy -> human curve instead of ``rows`` themselves, for files with few or
     no KADID types. ``level_order`` applies :func:`keep_level_order`. ``colour_weight`` scales
-    the distance below pristine of the :data:`COLOUR_ONLY` types (1: as the human cells say).
+    the distance below pristine of the ``colour_types`` (default :data:`COLOUR_ONLY`; 1: as the
+    human cells say).
     """
     if spread < 0 or clip < 0:
         raise UsageError(f"spread and clip must be >= 0, got {spread} and {clip}")
@@ -385,7 +387,8 @@ def anchor_rows(rows: Sequence[Mapping[str, object]], spread: float = DEFAULT_SP
         labels[curve_rows] = curve(g.proxies[curve_rows])
     if level_order:
         labels = keep_level_order(rows, labels, g.tcol)
-    colour = np.array([str(row[g.tcol]) in COLOUR_ONLY for row in rows])
+    colour_types = frozenset(colour_types)
+    colour = np.array([str(row[g.tcol]) in colour_types for row in rows])
     labels[colour] = PRISTINE_LABEL - colour_weight * (PRISTINE_LABEL - labels[colour])
     labels = np.clip(labels, 0.0, 100.0)
     return [{**row, "score": round(float(lab), 3), "proxy_score": round(float(p), 3)}
@@ -411,14 +414,15 @@ def read_rows(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
 
 def anchor_file(src: str | os.PathLike, dst: str | os.PathLike, spread: float = DEFAULT_SPREAD,
                 clip: float = DEFAULT_CLIP, calibration: Optional[str | os.PathLike] = None,
-                level_order: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT) -> list[dict]:
+                level_order: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
+                colour_types: Iterable[str] = COLOUR_ONLY) -> list[dict]:
     """Re-label ``src`` into ``dst`` (same columns, ``score`` replaced, plus ``proxy_score``)."""
     from qfmiqm.files import write_text_atomic
 
     rows, fields = read_rows(src)
     calib = read_rows(calibration)[0] if calibration is not None else None
     out = anchor_rows(rows, spread=spread, clip=clip, calibration=calib, level_order=level_order,
-                      colour_weight=colour_weight)
+                      colour_weight=colour_weight, colour_types=colour_types)
     columns = fields + ([] if "proxy_score" in fields else ["proxy_score"])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")

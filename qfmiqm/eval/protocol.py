@@ -68,8 +68,15 @@ def _finished(run_dir: Path) -> dict | None:
         return None  # a damaged record: recompute (the run itself resumes from its checkpoint)
 
 
-def _shared_splits(cfg: TrainConfig, n_splits: int, out_dir: Path) -> Path:
-    """Draw the splits once (or reuse the protocol's file) so every method sees the same ones."""
+def count_references(ds) -> int:
+    """Distinct reference photos of a dataset: its content groups (synthetic sets), else its
+    images (an authentic set's photos are each their own content)."""
+    return len(set(ds.content)) if ds.content is not None else len(ds)
+
+
+def _shared_splits(cfg: TrainConfig, n_splits: int, out_dir: Path) -> tuple[Path, int]:
+    """Draw the splits once (or reuse the protocol's file) so every method sees the same ones;
+    also returns the dataset's number of reference photos."""
     path = out_dir / SPLITS_FILENAME
     d = cfg.data
     ds = load_dataset(d.dataset, root=d.root, allow_missing=d.allow_missing)
@@ -78,7 +85,7 @@ def _shared_splits(cfg: TrainConfig, n_splits: int, out_dir: Path) -> Path:
         if len(splits) != n_splits:
             raise UsageError(f"{path}: holds {len(splits)} splits, --splits asks for {n_splits}; "
                              "use another --out or the same --splits")
-        return path
+        return path, count_references(ds)
     if d.split_file:
         splits = load_splits(d.split_file, dataset=ds, allow_missing=d.allow_missing)
     else:
@@ -86,7 +93,7 @@ def _shared_splits(cfg: TrainConfig, n_splits: int, out_dir: Path) -> Path:
     if len(splits) < n_splits:
         raise UsageError(f"{d.split_file}: holds {len(splits)} splits, fewer than --splits {n_splits}")
     save_splits(splits, path)
-    return path
+    return path, count_references(ds)
 
 
 def run_protocol(methods: Sequence[Method], n_splits: int, out_dir: str | os.PathLike,
@@ -104,7 +111,7 @@ def run_protocol(methods: Sequence[Method], n_splits: int, out_dir: str | os.Pat
         raise UsageError(f"all configs of one protocol must train on the same dataset, got {sorted(datasets)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    split_file = _shared_splits(methods[0].cfg, n_splits, out)
+    split_file, references = _shared_splits(methods[0].cfg, n_splits, out)
     dataset = methods[0].cfg.data.dataset
     per_split: dict[str, list[dict]] = {}
     for method in methods:
@@ -125,14 +132,15 @@ def run_protocol(methods: Sequence[Method], n_splits: int, out_dir: str | os.Pat
             else:
                 say(f"[{method.name}] split {i + 1}/{n_splits}: done earlier")
             per_split[method.name].append(record["test"])
-    return _write_protocol_report(out, dataset, per_split, n_splits)
+    return _write_protocol_report(out, dataset, per_split, n_splits, references)
 
 
-def _write_protocol_report(out: Path, dataset: str, per_split: dict[str, list[dict]], n_splits: int) -> ProtocolResult:
+def _write_protocol_report(out: Path, dataset: str, per_split: dict[str, list[dict]], n_splits: int,
+                           references: int) -> ProtocolResult:
     summary = {name: aggregate_splits(rows) for name, rows in per_split.items()}
     label = Path(dataset).parent.name if dataset.endswith((".csv", ".tsv", ".txt")) else dataset
     table = paper_table({name: {label: agg} for name, agg in summary.items()}, [label])
-    parts = [f"# Protocol: {label}, {n_splits} splits\n",
+    parts = [f"# Protocol: {label}, {n_splits} splits, {references} reference photos\n",
              "Cells: median SRCC / PLCC over the splits, on each split's test side "
              "(medians, stds and means of every metric are in results.json).\n", table]
     per_split_rows = ["| method | split | SRCC | PLCC |", "|---|---|---|---|"]
@@ -140,7 +148,7 @@ def _write_protocol_report(out: Path, dataset: str, per_split: dict[str, list[di
         per_split_rows += [f"| {name} | {i} | {r.get('srcc', float('nan')):.4f} | {r.get('plcc', float('nan')):.4f} |"
                            for i, r in enumerate(rows)]
     parts += ["\n## Per split\n", "\n".join(per_split_rows) + "\n"]
-    document = {"dataset": dataset, "splits": n_splits, "summary": summary, "per_split": per_split}
+    document = {"dataset": dataset, "splits": n_splits, "references": references, "summary": summary, "per_split": per_split}
     if len(per_split) > 1:
         baseline = next(iter(per_split))
         ablation = ablation_table(per_split, baseline=baseline, metric="srcc")

@@ -154,13 +154,15 @@ def window_features(feats: BackboneFeatures, strides: list[int], size: int, grid
     return BackboneFeatures(pooled, None)
 
 
-def window_scores(net: QualityNet, normalised: torch.Tensor, size: int) -> tuple[np.ndarray, int]:
+def window_scores(net: QualityNet, normalised: torch.Tensor, size: int,
+                  feats: BackboneFeatures | None = None) -> tuple[np.ndarray, int]:
     """A normalised image (1, 3, H, W) -> (raw head score of every ``size`` window sliding one
-    coarsest cell at a time (n_y, n_x), that cell in pixels)."""
+    coarsest cell at a time (n_y, n_x), that cell in pixels). ``feats``: the backbone's features
+    of ``normalised`` when already computed."""
     head = net.head
     if head.grid <= 0:
         raise UsageError("quality maps need a head that pools feature maps to a grid (decoder grid > 0)")
-    feats = net.backbone(normalised)
+    feats = net.backbone(normalised) if feats is None else feats
     if feats.cls_token is not None:
         raise UsageError("quality maps need a CNN backbone (a ViT's class token sees the whole image)")
     height, width = normalised.shape[-2:]
@@ -232,14 +234,27 @@ def quality_map(model: QualityModel, item: Any, with_score: bool = True) -> Qual
     tone = float(model.card.tone.of_statistics(prepared.stats[None])[0]) if prepared.stats is not None else 0.0
     device = next(net.parameters()).device
     graph = ScoringGraph(net, policy).to(device)  # the scoring path's normalisation
+    one_pass = with_score and _scored_whole(views, img)
     with torch.inference_mode():
         x = graph.normalised(torch.tensor(img, dtype=torch.uint8, device=device)[None])
-        raw, cell = window_scores(net, x, policy.size)
-    # the scoring path's own per-batch function: the same views, statistics and runtime as score()
-    score = model.map_score(model.raw_scores_of([prepared])[0]) if with_score else None
+        feats = net.backbone(x)
+        raw, cell = window_scores(net, x, policy.size, feats)
+        # a whole-image model scores exactly this pass's features: map and score share it
+        whole_raw = float(net.head(feats)[0]) if one_pass else None
+    if one_pass:
+        score = model.map_score(whole_raw + tone)
+    elif with_score:  # crops or tiles: the scoring path's own views, statistics and runtime
+        score = model.map_score(model.raw_scores_of([prepared])[0])
+    else:
+        score = None
     to_score = np.vectorize(lambda r: model.map_score(r + tone), otypes=[np.float64])
     values = cells_from_windows(to_score(raw), policy.size // cell)
     return QualityMap(img, values.astype(np.float32), cell, score)
+
+
+def _scored_whole(views: list[np.ndarray], img: np.ndarray) -> bool:
+    """Whether the model scores ``img`` as one view of all of it (whole-image layout, no tiles)."""
+    return len(views) == 1 and views[0].shape == img.shape
 
 
 # --- pictures and files -------------------------------------------------------------------------
