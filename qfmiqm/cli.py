@@ -98,7 +98,8 @@ def score(
 
     PATHS may also be URIs that pyarrow reads (s3://, gs://, file://).
 
-    With --map DIR, a second pass writes the quality map of each image scored in this run.
+    With --map DIR, each image is scored by the PyTorch pass that draws its quality map (for a
+    whole-image model one backbone pass gives both) and its overlay is written as it goes.
 
     With --engine ray the job runs on a Ray cluster: same rows, scores and errors (docs/distributed.md).
 
@@ -135,13 +136,14 @@ def score(
         if engine == "ray":
             scorer = _ray_engine(spec, options, debug)
         else:
-            scorer = _local_engine(spec, workers, map_dir)
+            scorer = _local_engine(spec, workers, map_dir, map_data)
+        maps = scorer
         if report is not None:
             from qfmiqm.eval.html_report import RecordingEngine
 
             scorer = RecordingEngine(scorer)
-        failures, map_failures = _score_to_output(scorer, items, output, resume, batch_size,
-                                                  progress and sys.stderr.isatty(), map_dir, map_data)
+        failures = _score_to_output(scorer, items, output, resume, batch_size, progress and sys.stderr.isatty())
+        map_failures = getattr(maps, "map_failures", 0)
         if report is not None:
             _score_report(report, output, scorer.results, map_dir)
     if failures:
@@ -177,8 +179,9 @@ def _model_spec(model, device, runtime, max_pixels, decode, num_crops, backbone_
                      num_crops=num_crops, backbone_weights=backbone_weights, trust_pickle=trust_pickle)
 
 
-def _local_engine(spec, workers: Optional[int], map_dir: Optional[str]):
-    """The model loaded here (warning when it is untrained), wrapped as the local engine."""
+def _local_engine(spec, workers: Optional[int], map_dir: Optional[str], map_data: bool = False):
+    """The model loaded here (warning when it is untrained), wrapped as the local engine, or with
+    ``map_dir`` as the map engine (each image scored by the pass that draws its map)."""
     from qfmiqm.engines.local import LocalEngine
     from qfmiqm.scoring import untrained_warning
 
@@ -188,11 +191,9 @@ def _local_engine(spec, workers: Optional[int], map_dir: Optional[str]):
     if spec.num_crops is not None:
         m = _with_crops(m, spec.num_crops)
     if map_dir is not None:
-        from qfmiqm.eval.quality_map import prepare_map_dir, supports_maps
+        from qfmiqm.engines.maps import MapEngine
 
-        if not supports_maps(m):
-            raise UsageError("--map needs a PyTorch model (a .safetensors checkpoint or zoo name, not ONNX)")
-        prepare_map_dir(map_dir)
+        return MapEngine(m, map_dir, data=map_data, on_map_error=lambda p, e: _err(f"error: {p}: {e}"))
     return LocalEngine(m, workers=workers)
 
 
@@ -221,39 +222,26 @@ def _ray_engine(spec, options: dict, debug: bool):
 
 
 def _score_to_output(engine, items: list[str], output: Optional[str], resume: bool, batch_size: int,
-                     progress: bool, map_dir: Optional[str] = None, map_data: bool = False) -> tuple[int, int]:
-    """Score ``items`` into ``output`` row by row with ``engine`` (qfmiqm.engines), then
-    (``map_dir``, local engine) write the quality maps of the files scored now (``map_data``: their
-    ``.npy`` too); returns how many
-    inputs have no score and how many maps failed."""
+                     progress: bool) -> int:
+    """Score ``items`` into ``output`` row by row with ``engine`` (qfmiqm.engines); returns how
+    many inputs have no score."""
     from qfmiqm.outputs import open_writer, prepare_resume
 
     previous = prepare_resume(output) if resume else {}
     failures = sum(1 for p in items if p in previous and not previous[p].ok)
     todo = [p for p in items if p not in previous]
     writer, stream = open_writer(output, append=bool(previous))
-    scored: dict[str, float] = {}  # path -> score: the maps' titles show it without scoring again
     try:
         for result in engine.run(todo, batch_size=batch_size, progress=progress):
             writer.write(result)
             if not result.ok:
                 failures += 1
                 _err(f"error: {result.path}: {result.error}")
-            else:
-                scored[result.path] = result.score
     finally:
         writer.close()
         if stream is not sys.stdout:
             stream.close()
-    if map_dir is None or not scored:
-        return failures, 0
-    from qfmiqm.eval.quality_map import save_maps
-
-    m = engine.model
-    if progress:
-        _err(f"writing {len(scored)} quality map(s) to {map_dir}")
-    return failures, save_maps(m, list(scored), map_dir, on_error=lambda p, e: _err(f"error: {p}: {e}"),
-                               data=map_data, scores=scored)
+    return failures
 
 
 @app.command("report")

@@ -130,7 +130,7 @@ def test_decoded_batch_stacks_views_by_size_and_keeps_order_and_errors():
     from qfmiqm.data.feed import DecodedBatch, Prepared
 
     small, big = np.zeros((8, 8, 3), np.uint8), np.ones((8, 12, 3), np.uint8)
-    stats = np.arange(9, dtype=np.float32)
+    stats = np.arange(10, dtype=np.float32)
     batch = DecodedBatch.collate([(4, Prepared([small, big], stats), None), (5, None, "not an image"),
                                   (6, Prepared([small + 2], stats + 1), None)])
     assert batch.indices == [4, 5, 6] and batch.good == [4, 6]
@@ -138,7 +138,7 @@ def test_decoded_batch_stacks_views_by_size_and_keeps_order_and_errors():
     by_shape = {g.views.shape: g.owners for g in batch.groups}
     assert by_shape == {(2, 8, 8, 3): [0, 1], (1, 8, 12, 3): [0]}
     np.testing.assert_allclose(batch.weights[0], [64 / 160, 96 / 160])  # each view's share of the pixels
-    assert batch.stats.shape == (2, 9) and batch.stats[1, 0] == 1
+    assert batch.stats.shape == (2, 10) and batch.stats[1, 0] == 1
     empty = DecodedBatch.collate([(0, None, "bad")])
     assert empty.groups == [] and empty.good == []
 

@@ -48,6 +48,34 @@ def head_scores(net, card, cfg, ds) -> np.ndarray:
     return raw * card.score.scale + card.score.offset
 
 
+def unseen_pairs(pairs: np.ndarray, run_dir: Path, ds, split: int) -> np.ndarray:
+    """The pairs whose images are both outside the training side of the run's split."""
+    from qfmiqm.data.splits import load_splits
+
+    chosen = load_splits(run_dir, dataset=ds).splits[split]
+    unseen = np.zeros(len(ds), dtype=bool)
+    unseen[list(chosen.val) + list(chosen.test)] = True
+    kept = pairs[unseen[pairs[:, 0]] & unseen[pairs[:, 1]]]
+    if len(kept) == 0:
+        raise QfmiqmError(f"{run_dir}: no (pristine, version) pair lies outside the run's training scenes")
+    return kept
+
+
+def cached_statistics(path: Path | None, ds, policy) -> np.ndarray:
+    """The images' tone statistics, kept in ``path`` (when given) for the next fit."""
+    if path is not None and path.is_file():
+        stats = np.load(path)
+        if stats.shape == (len(ds), len(STATISTICS)):
+            return stats
+    stats = image_statistics(ds, policy)
+    if path is not None:
+        from qfmiqm.files import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, stats)
+    return stats
+
+
 def main() -> None:
     try:
         fit()
@@ -65,6 +93,15 @@ def fit() -> None:
     ap.add_argument("--skip-types", default=",".join(sorted(COLOUR_ONLY)),
                     help="distortion types not paired with the pristine image (default: the colour-only ones, "
                          "so the saturation statistic does not mark a black-and-white photo as degraded; '' for none)")
+    ap.add_argument("--statistics", default=",".join(STATISTICS),
+                    help=f"comma-separated statistics the term uses (default all: {','.join(STATISTICS)})")
+    ap.add_argument("--stats-cache", type=Path, default=None,
+                    help="a .npy file keeping the images' statistics between fits of the same data and input "
+                         "policy (read when its shape fits, else computed and written)")
+    ap.add_argument("--pairs-from", choices=("all", "unseen"), default="all",
+                    help="scenes whose pairs fit the term: 'all', or 'unseen' by the head (the validation and "
+                         "test scenes of the run's splits.json beside the model): the head orders its own training "
+                         "scenes almost perfectly, so only scenes it never saw show what the term must correct")
     ap.add_argument("--out", type=Path, help="default: <model>_tone.safetensors beside the model")
     args = ap.parse_args()
     if args.mildest < 0 or args.lam < 0 or args.temperature <= 0:
@@ -77,16 +114,19 @@ def fit() -> None:
     ds = load_dataset(cfg.data.dataset, root=cfg.data.root, allow_missing=cfg.data.allow_missing)
     skip = frozenset(t for t in args.skip_types.split(",") if t)
     pairs = scene_pairs(ds, mildest=args.mildest or None, skip_types=skip)
+    if args.pairs_from == "unseen":
+        pairs = unseen_pairs(pairs, entry.weights_path.parent, ds, cfg.data.split)
     scores = head_scores(net, entry.card, cfg, ds)
-    stats = image_statistics(ds, entry.card.input)
-    term = fit_tone_term(stats, scores, pairs, lam=args.lam, temperature=args.temperature)
+    stats = cached_statistics(args.stats_cache, ds, entry.card.input)
+    statistics = [s for s in args.statistics.split(",") if s]
+    term = fit_tone_term(stats, scores, pairs, lam=args.lam, temperature=args.temperature, statistics=statistics)
     with_term = scores + term.of_statistics(stats)
     print(f"fitted on {len(pairs)} (pristine, version) pairs of {len(ds)} images ({cfg.data.dataset}); "
           f"pairs ordered: {ordered_share(scores, pairs):.1%} without the term, {ordered_share(with_term, pairs):.1%} with it")
-    print("weights per standardised statistic: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(STATISTICS, term.weights)))
+    print("weights per standardised statistic: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(term.statistics, term.weights)))
     out = args.out or entry.weights_path.with_name(entry.weights_path.stem + "_tone.safetensors")
     fit = {"dataset": str(cfg.data.dataset), "pairs": len(pairs), "mildest": args.mildest, "lam": args.lam,
-           "temperature": args.temperature, "skip_types": sorted(skip), "train_pairs_ordered_without": ordered_share(scores, pairs),
+           "temperature": args.temperature, "skip_types": sorted(skip), "statistics": list(term.statistics), "pairs_from": args.pairs_from, "train_pairs_ordered_without": ordered_share(scores, pairs),
            "train_pairs_ordered_with": ordered_share(with_term, pairs)}
     card = save_model(net, replace(entry.card, tone=term, metrics={**entry.card.metrics, "tone_fit": fit}), out)
     print(f"wrote {out} (sha256 {card.weights_sha256[:16]}...)")

@@ -25,7 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,32 +316,13 @@ def save_map(model: QualityModel, item: Any, path: str | os.PathLike, data: bool
     qmap = quality_map(model, item, with_score=score is None)
     if score is not None:
         qmap = QualityMap(qmap.image, qmap.values, qmap.cell, score)
+    return write_map_files(qmap, path, data)
+
+
+def write_map_files(qmap: QualityMap, path: str | os.PathLike, data: bool = False) -> Path:
+    """Write the overlay PNG ``path`` (and with ``data`` the ``.npy`` beside it), atomically."""
     path = Path(path)
     if data:
         save_data(qmap, path.with_name(path.name[: -len(MAP_SUFFIX)] + DATA_SUFFIX)
                   if path.name.endswith(MAP_SUFFIX) else path.with_suffix(".npy"))
     return save_overlay(qmap, path)
-
-
-def save_maps(model: QualityModel, paths: list[str], folder: str | os.PathLike,
-              on_error: Callable[[str, str], None], data: bool = False,
-              scores: dict[str, float] | None = None) -> int:
-    """Write ``folder/<name>`` (``map_filenames``; with ``data`` also ``<stem>.map.npy``) for each
-    path, one image at a time. A failure is reported through ``on_error(path, reason)`` and the
-    rest go on; returns the failures. ``scores``: known scores by path, shown in the titles."""
-    folder = prepare_map_dir(folder)
-    scores = scores or {}
-    failures = 0
-    for p, name in map_filenames(paths).items():
-        try:
-            save_map(model, p, folder / name, data=data, score=scores.get(p))
-        except (ImageError, UsageError, OSError) as exc:
-            failures += 1
-            on_error(p, f"quality map not written: {exc}")
-        except MemoryError:
-            failures += 1
-            on_error(p, "quality map not written: out of memory")
-        except Exception as exc:  # noqa: BLE001 - one image's map must not stop the others
-            failures += 1
-            on_error(p, f"quality map not written ({type(exc).__name__}: {exc})")
-    return failures

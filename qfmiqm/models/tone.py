@@ -7,6 +7,11 @@ contrast-reduced photo. Where the darkest and brightest parts of the *whole* ima
 may carry a ``ToneTerm``: a linear function of ``STATISTICS`` computed once per image over all of
 its policy views, added to the image's raw score from its views (docs/default-model.md).
 
+``blockiness`` (JPEG's 8 x 8 grid, see ``_GridSteps``) is there for the top of the scale, where a
+photo and its mildly compressed version differ by less than the head can tell on scenes it
+never saw. A term may use any of the statistics; it names the ones it uses, so a card written
+before a statistic was added keeps its meaning.
+
 The statistics are computed in numpy from the uint8 views (qfmiqm.data.policy.policy_views), so
 scoring with ONNX Runtime needs no torch, and training (tools/fit_tone.py) sees the same numbers.
 Percentiles come from histograms with ``BINS_PER_LEVEL`` bins per grey level: exact to a quarter
@@ -22,7 +27,9 @@ import numpy as np
 from qfmiqm.data.colour import LUMA
 
 STATISTICS = ("luma_std", "p1", "p5", "p95", "p99", "luma_mean", "local_std_mean", "local_std_median",
-              "saturation")
+              "saturation", "blockiness")
+#: the block size of JPEG's DCT grid, whose edges ``blockiness`` looks for
+BLOCK = 8
 #: window of the local standard deviation (pixels; odd, so that a window has a centre pixel)
 LOCAL_WINDOW = 7
 #: histogram bins per grey level for the percentiles (0.25 grey-level resolution)
@@ -35,15 +42,17 @@ _STRIP_PIXELS = 1 << 14
 def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
     """The views of one image (uint8 (h, w, 3), any sizes) -> (len(STATISTICS),) float32 on the
     0-255 scale, each over the pixels of all views together (local std: over the windows that lie
-    wholly inside one view)."""
+    wholly inside one view; blockiness: per view, weighted by its pixels)."""
     if len(views) == 0:
         raise ValueError("tone statistics need at least one view")
     hist, local_hist = np.zeros(_N_BINS, dtype=np.intp), np.zeros(_N_BINS, dtype=np.intp)
     parts = []  # (pixels, mean, sum of squared deviations from that mean) of each strip
     saturation = local_sum = 0.0
     local_count = 0
-    for planes, own in _strips(views):
+    grids: dict[int, _GridSteps] = {}  # view index -> its luma steps by grid phase
+    for view, top, planes, own in _strips(views):
         y = _luma(planes)
+        grids.setdefault(view, _GridSteps()).add(y, top, own)
         mine = y[:own]
         centre = float(mine.sum(dtype=np.float64)) / mine.size
         # luma lies in [0, 255] (white is 255.0 exactly): bins 0..1020, no clamp needed
@@ -63,19 +72,62 @@ def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
     p1, p5, p95, p99 = _percentiles(hist, (1, 5, 95, 99))
     (local_median,) = _percentiles(local_hist, (50,))
     local_mean = local_sum / local_count / LOCAL_WINDOW ** 2
-    return np.array([np.sqrt(var), p1, p5, p95, p99, mean, local_mean, local_median, saturation / count],
-                    dtype=np.float32)
+    pixels = np.array([v.shape[0] * v.shape[1] for v in views], dtype=np.float64)
+    blockiness = float(np.dot(pixels, [grids[i].blockiness() for i in range(len(views))]) / pixels.sum())
+    return np.array([np.sqrt(var), p1, p5, p95, p99, mean, local_mean, local_median, saturation / count,
+                     blockiness], dtype=np.float32)
 
 
-def _strips(views: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
-    """Each view cut into strips of rows: (its R, G, B planes (3, rows, w) uint8, rows it owns).
+class _GridSteps:
+    """Mean absolute luma step between neighbouring pixels, by the phase of the step on an
+    8-pixel grid, across columns and across rows of one view.
+
+    ``blockiness()`` is the log of how much the steps at the strongest phase exceed the others
+    (each + 1 grey level, so a flat image gives 0): JPEG's block edges lie on one phase of its
+    8 x 8 grid and grow with compression (Wang, Sheikh & Bovik, ICIP 2002, measure it the same
+    way); a clean or blurred photo has no preferred phase (about 0). The strongest phase, not
+    phase 0, so that a view cut at any offset of a compressed image (a crop, a tile) still sees
+    its grid."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros((2, BLOCK))    # (across columns, across rows) x phase
+        self.counts = np.zeros((2, BLOCK))
+
+    def add(self, y: np.ndarray, top: int, own: int) -> None:
+        """A strip's luma (rows, w) starting at view row ``top``, owning its first ``own`` rows."""
+        across_columns = np.abs(np.diff(y[:own], axis=1)).sum(axis=0)  # (w - 1,) step x -> x + 1
+        self._fold(0, across_columns, 0, own)
+        rows = y[:own + 1]  # the step out of the last owned row lies in the next strip's rows
+        across_rows = np.abs(np.diff(rows, axis=0)).sum(axis=1)         # (steps,) row r -> r + 1
+        self._fold(1, across_rows, top, y.shape[1])
+
+    def _fold(self, axis: int, step_sums: np.ndarray, start: int, per_step: int) -> None:
+        phase = (start + np.arange(step_sums.size)) % BLOCK
+        self.sums[axis] += np.bincount(phase, weights=step_sums, minlength=BLOCK)
+        self.counts[axis] += np.bincount(phase, minlength=BLOCK) * per_step
+
+    def blockiness(self) -> float:
+        ratios = []
+        for sums, counts in zip(self.sums, self.counts):
+            if np.count_nonzero(counts) < 2:
+                continue  # a view 2 pixels wide has no phases to compare
+            means = sums[counts > 0] / counts[counts > 0]
+            strongest = int(np.argmax(means))
+            others = np.delete(means, strongest).mean()
+            ratios.append(np.log((means[strongest] + 1.0) / (others + 1.0)))
+        return float(np.mean(ratios)) if ratios else 0.0
+
+
+def _strips(views: Sequence[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray, int]]:
+    """Each view cut into strips of rows: (the view's index, the strip's first row in it, its R, G,
+    B planes (3, rows, w) uint8, rows it owns).
 
     A strip reaches LOCAL_WINDOW - 1 rows into the next, for the windows across the cut; the rows
     it owns (its first ``own``) count once in the pixel statistics. Strips keep every intermediate
     array in a core's cache and off freshly mapped pages (over whole views the same numpy work ran
     1.2-1.5x slower on the dev VM), and contiguous planes let the channel arithmetic vectorise."""
     r = LOCAL_WINDOW - 1
-    for v in views:
+    for index, v in enumerate(views):
         if v.dtype != np.uint8 or v.ndim != 3 or v.shape[2] != 3 or min(v.shape[:2]) < LOCAL_WINDOW:
             raise ValueError(f"a view must be a uint8 (h, w, 3) array of at least {LOCAL_WINDOW} x "
                              f"{LOCAL_WINDOW} pixels, got {v.dtype} {v.shape}")
@@ -83,7 +135,7 @@ def _strips(views: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
         rows = max(LOCAL_WINDOW, _STRIP_PIXELS // w)
         for top in range(0, h - r, rows):
             bottom = min(top + rows, h - r) + r
-            yield np.moveaxis(v[top:bottom], 2, 0).copy(), (bottom - top if bottom == h else rows)
+            yield index, top, np.moveaxis(v[top:bottom], 2, 0).copy(), (bottom - top if bottom == h else rows)
 
 
 def _luma(planes: np.ndarray) -> np.ndarray:
@@ -170,8 +222,10 @@ class ToneTerm:
 
     def __post_init__(self) -> None:
         n = len(self.statistics)
-        if tuple(self.statistics) != STATISTICS:
-            raise ValueError(f"tone term statistics {list(self.statistics)} are not this version's {list(STATISTICS)}")
+        unknown = [s for s in self.statistics if s not in STATISTICS]
+        if unknown or len(set(self.statistics)) != n:
+            raise ValueError(f"tone term statistics {list(self.statistics)} are not this version's: "
+                             f"distinct names among {list(STATISTICS)}")
         if not len(self.mean) == len(self.scale) == len(self.weights) == n:
             raise ValueError(f"tone term needs {n} means, scales and weights")
 
@@ -180,8 +234,10 @@ class ToneTerm:
         return float(self.of_statistics(tone_statistics(views)[None])[0])
 
     def of_statistics(self, stats: np.ndarray) -> np.ndarray:
-        """(N, len(STATISTICS)) statistics -> (N,) float64 term."""
-        z = (np.asarray(stats, dtype=np.float64) - np.array(self.mean)) / np.array(self.scale)
+        """(N, len(STATISTICS)) statistics (all of them, as ``tone_statistics`` gives them) ->
+        (N,) float64 term, from the columns of this term's own ``statistics``."""
+        used = np.asarray(stats, dtype=np.float64)[:, [STATISTICS.index(s) for s in self.statistics]]
+        z = (used - np.array(self.mean)) / np.array(self.scale)
         return z @ np.array(self.weights) + self.bias
 
     def to_dict(self) -> dict:

@@ -73,22 +73,28 @@ def scene_pairs(ds: IQADataset, mildest: int | None = 2, skip_types: frozenset[s
 
 
 def fit_tone_term(stats: np.ndarray, head_scores: np.ndarray, pairs: np.ndarray, lam: float = 3e-4,
-                  temperature: float = 3.0, max_iter: int = 200) -> ToneTerm:
+                  temperature: float = 3.0, max_iter: int = 200,
+                  statistics: Sequence[str] = STATISTICS) -> ToneTerm:
     """The tone term minimising the pairwise loss of the module docstring (LBFGS, float64).
 
     ``stats``: (N, len(STATISTICS)); ``head_scores``: (N,) the frozen model's scores on the
-    0-100 scale (the term is in the same points); ``pairs``: (P, 2) (better, worse) indices.
+    0-100 scale (the term is in the same points); ``pairs``: (P, 2) (better, worse) indices;
+    ``statistics``: the names of the statistics the term uses (default all).
     """
     if stats.shape != (len(head_scores), len(STATISTICS)):
         raise ValueError(f"stats must be ({len(head_scores)}, {len(STATISTICS)}), got {stats.shape}")
-    stats = np.asarray(stats, dtype=np.float64)
+    statistics = tuple(statistics)
+    unknown = [s for s in statistics if s not in STATISTICS]
+    if unknown or not statistics:
+        raise UsageError(f"tone statistics {list(statistics)}: choose among {list(STATISTICS)}")
+    stats = np.asarray(stats, dtype=np.float64)[:, [STATISTICS.index(s) for s in statistics]]
     mean, scale = stats.mean(axis=0), stats.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)  # a constant statistic gets no say, not a division by 0
     z = torch.from_numpy((stats - mean) / scale)
     dz = z[pairs[:, 0]] - z[pairs[:, 1]]
     head = torch.as_tensor(head_scores, dtype=torch.float64)
     margin = head[pairs[:, 0]] - head[pairs[:, 1]]
-    w = torch.zeros(len(STATISTICS), dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(len(statistics), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -98,7 +104,8 @@ def fit_tone_term(stats: np.ndarray, head_scores: np.ndarray, pairs: np.ndarray,
         return loss
 
     opt.step(closure)
-    return ToneTerm(mean=tuple(mean.tolist()), scale=tuple(scale.tolist()), weights=tuple(w.detach().tolist()))
+    return ToneTerm(mean=tuple(mean.tolist()), scale=tuple(scale.tolist()), weights=tuple(w.detach().tolist()),
+                    statistics=statistics)
 
 
 def ordered_share(scores: np.ndarray, pairs: np.ndarray) -> float:
