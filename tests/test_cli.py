@@ -100,7 +100,7 @@ def test_models_and_version(runner):
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "default" in result.stdout and "efficientnet_lite0" in result.stdout
     assert "UNTRAINED" not in result.stdout and "yes" in result.stdout
-    assert "default: limit:" in result.stdout and "proxy labels" in result.stdout  # not human opinion scores
+    assert "default: limit:" in result.stdout and "human opinion" in result.stdout  # where its labels come from
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.stdout.startswith("qfmiqm ")
 

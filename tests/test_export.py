@@ -10,6 +10,7 @@ import io
 import json
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,6 +58,11 @@ def onnx_model(onnx_file):
 @pytest.fixture(scope="module")
 def session(onnx_file):
     return ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+
+
+#: raw scores (0-100 points) of the same views in one batch or alone, or in the two runtimes: float32
+#: reduction order differs with the batch (about 1e-4 measured), well inside the 1e-3 of the scores
+AGREE_RAW = 5e-4
 
 
 def _paths(samples) -> list[str]:
@@ -126,6 +132,7 @@ def test_dynamic_batch_and_size(session, default_torch_model, samples):
     """One graph runs batches of any size and views of any height and width: the same views give
     the same scores together and one by one, and the scores of PyTorch at a size never traced."""
     card = default_torch_model.card
+    card = replace(card, input=card.input.replace(layout="crops"))
     crops = [v for p in _paths(samples) for v in _views(p, card)]  # 15 crops of 224 x 224
     rng = np.random.default_rng(0)
     chelsea = open_image(str(samples["chelsea"]))  # 451 x 300
@@ -135,10 +142,10 @@ def test_dynamic_batch_and_size(session, default_torch_model, samples):
         together = _run(session, views)
         alone = np.concatenate([_run(session, [v]) for v in views])
         assert together.shape == alone.shape == (len(views),)
-        np.testing.assert_allclose(together, alone, atol=1e-4)
-        np.testing.assert_allclose(_run(session, views[:3]), alone[:3], atol=1e-4)
+        np.testing.assert_allclose(together, alone, atol=AGREE_RAW)
+        np.testing.assert_allclose(_run(session, views[:3]), alone[:3], atol=AGREE_RAW)
         torch_scores = default_torch_model.runtime.head_scores(np.stack(views))
-        np.testing.assert_allclose(together, torch_scores, atol=1e-4)
+        np.testing.assert_allclose(together, torch_scores, atol=AGREE_RAW)
     assert not np.allclose(_run(session, odd), _run(session, crops[:4]), atol=1e-3)  # input matters
 
 

