@@ -48,6 +48,8 @@ WINDOW_SIGMA = 0.25
 #: the largest policy-resized image a map is made of: the one backbone pass holds its activations
 #: (measured on the CPU: about 0.22 GB per Mpx, 0.9 GB for 1024 x 4096); panoramas up to 8:1 fit
 MAX_MAP_PIXELS = 8 * 1024 * 1024
+#: each window gets the image-level term of its own pixels (True) or the whole image's (False)
+WINDOW_TERMS = True
 #: windows scored per decoder batch (bounds the memory of very large images)
 WINDOW_BATCH = 512
 #: overlays are drawn at most this many pixels on their longer side
@@ -247,9 +249,22 @@ def quality_map(model: QualityModel, item: Any, with_score: bool = True) -> Qual
         score = model.map_score(model.raw_scores_of([prepared])[0])
     else:
         score = None
-    to_score = np.vectorize(lambda r: model.map_score(r + tone), otypes=[np.float64])
-    values = cells_from_windows(to_score(raw), policy.size // cell)
+    terms = window_terms(model, img, raw.shape, cell, policy.size) if WINDOW_TERMS else tone
+    to_score = np.vectorize(model.map_score, otypes=[np.float64])
+    values = cells_from_windows(to_score(raw + terms), policy.size // cell)
     return QualityMap(img, values.astype(np.float32), cell, score)
+
+
+def window_terms(model: QualityModel, img: np.ndarray, shape: tuple[int, int], cell: int, size: int) -> np.ndarray | float:
+    """The card's image-level term of each window (n_y, n_x), from the window's own pixels (its
+    tonal statistics and blockiness), as if the window were an image; 0 without a term."""
+    if model.card.tone is None:
+        return 0.0
+    from qfmiqm.models.tone import tone_statistics
+
+    stats = np.stack([tone_statistics([img[i * cell:i * cell + size, j * cell:j * cell + size]])
+                      for i in range(shape[0]) for j in range(shape[1])])
+    return model.card.tone.of_statistics(stats).reshape(shape)
 
 
 def _scored_whole(views: list[np.ndarray], img: np.ndarray) -> bool:
