@@ -115,7 +115,7 @@ def test_map_is_smooth_with_no_seam_at_the_crop_edges(default_torch_model, coffe
             assert steps[e - 1] <= beside.max() + 1e-4, (axis, e)
 
 
-@pytest.mark.parametrize("kind", ["blur s4", "noise s25"])
+@pytest.mark.parametrize("kind", ["blur s4", "noise s25", "jpeg q10"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_map_locates_a_distorted_half(default_torch_model, coffee, load_tool, kind, side):
     tool = load_tool("map_localisation")
