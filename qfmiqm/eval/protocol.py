@@ -135,10 +135,19 @@ def run_protocol(methods: Sequence[Method], n_splits: int, out_dir: str | os.Pat
     return _write_protocol_report(out, dataset, per_split, n_splits, references)
 
 
+def _dataset_label(dataset: str) -> str:
+    """A short name for the tables: a benchmark's name; a synth set's folder (``.../labels.csv``);
+    else the table file's stem."""
+    path = Path(dataset)
+    if path.suffix not in (".csv", ".tsv", ".txt"):
+        return dataset
+    return path.parent.name if path.stem == "labels" else path.stem
+
+
 def _write_protocol_report(out: Path, dataset: str, per_split: dict[str, list[dict]], n_splits: int,
                            references: int) -> ProtocolResult:
     summary = {name: aggregate_splits(rows) for name, rows in per_split.items()}
-    label = Path(dataset).parent.name if dataset.endswith((".csv", ".tsv", ".txt")) else dataset
+    label = _dataset_label(dataset)
     table = paper_table({name: {label: agg} for name, agg in summary.items()}, [label])
     parts = [f"# Protocol: {label}, {n_splits} splits, {references} reference photos\n",
              "Cells: median SRCC / PLCC over the splits, on each split's test side "
