@@ -449,6 +449,9 @@ def diagnose_cmd(
     k: int = typer.Option(5, "--k", min=1, help="Neighbours per image."),
     thresholds: str = typer.Option("5,10,20,30", "--thresholds", help="Quality differences (0-100 scale)."),
     out: str = typer.Option("diagnose", "--out", "-o", help="Folder for diagnose.json and diagnose.png."),
+    split_file: Optional[str] = typer.Option(None, "--split-file", help="Diagnose one side of a saved split (splits.json), e.g. a protocol's."),
+    split_index: int = typer.Option(0, "--split-index", min=0, help="Which split of the split file."),
+    subset: str = typer.Option("test", "--subset", help="test, train, val or all (with --split-file)."),
     device: str = typer.Option("auto", "--device"),
     allow_missing: bool = typer.Option(False, "--allow-missing"),
     debug: bool = DebugOpt,
@@ -456,14 +459,15 @@ def diagnose_cmd(
     """Semantic noise: share of feature-space nearest neighbours whose quality differs by more than a threshold."""
     from qfmiqm.data.datasets import load as load_dataset
     from qfmiqm.eval.diagnose import format_table
-    from qfmiqm.eval.evaluate import diagnose, load_model_quietly
+    from qfmiqm.eval.evaluate import diagnose, load_model_quietly, select_items
 
     with user_errors(debug):
         try:
             levels = [float(t) for t in thresholds.split(",") if t.strip()]
         except ValueError:
             raise UsageError(f"--thresholds '{thresholds}': expected numbers separated by commas") from None
-        ds = load_dataset(dataset, root=root, allow_missing=allow_missing)
+        ds = select_items(load_dataset(dataset, root=root, allow_missing=allow_missing), split_file, split_index,
+                          subset, allow_missing)
         model = load_model_quietly(checkpoint, device=device, runtime="torch")  # it reads the network's features
         table = diagnose(model, ds, out, k=k, thresholds=levels)
         typer.echo(format_table(table))

@@ -82,3 +82,22 @@ def test_diagnose_reports_backbone_and_gated_spaces(synth_csv, tmp_path):
     assert all(0.0 <= s <= 1.0 for s in table["spaces"]["gated"]["share"])
     assert "backbone 3-NN" in result.stdout
     _png_ok(out / "diagnose.png")
+
+
+def test_diagnose_one_side_of_a_saved_split(synth_csv, tmp_path):
+    """A protocol's split file picks the images: the test side of split 1 only."""
+    from qfmiqm.data.datasets import load as load_dataset
+
+    ds = load_dataset(str(synth_csv))
+    splits = ds.splits(n=2, test_fraction=0.34, seed=1)
+    split_file = splits.save(tmp_path / "splits.json")
+    out = tmp_path / "dg1"
+    result = CliRunner().invoke(app, ["diagnose", "-c", "default", "-d", str(synth_csv), "-o", str(out),
+                                      "--split-file", str(split_file), "--split-index", "1", "--device", "cpu",
+                                      "--k", "2"])
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "diagnose.json").read_text())
+    test_paths = {ds.paths[i] for i in splits[1].test}
+    assert table["n"] == len(splits[1].test) < len(ds)
+    assert set(table["spaces"]["backbone"]["per_image_share"]) == {str(p) for p in test_paths}
+
