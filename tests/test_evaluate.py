@@ -50,10 +50,16 @@ def test_evaluate_writes_a_complete_report(synth_csv, tmp_path):
     _png_ok(out / "per_type_srcc.png")
 
 
-def test_evaluate_on_one_side_of_a_split_file(synth_csv, tmp_path):
+@pytest.fixture(scope="module")
+def saved_splits(synth_csv, tmp_path_factory):
+    """(dataset, its 2 splits, their saved split file): what a protocol leaves behind."""
     ds = qfmiqm.datasets.load(str(synth_csv))
     splits = ds.splits(n=2, test_fraction=0.34, seed=1)
-    split_file = splits.save(tmp_path / "splits.json")
+    return ds, splits, splits.save(tmp_path_factory.mktemp("splits") / "splits.json")
+
+
+def test_evaluate_on_one_side_of_a_split_file(synth_csv, saved_splits, tmp_path):
+    _, splits, split_file = saved_splits
     out = tmp_path / "ev"
     result = CliRunner().invoke(app, ["evaluate", "-c", "default", "-d", str(synth_csv), "-o", str(out),
                                       "--split-file", str(split_file), "--split-index", "1", "--device", "cpu",
@@ -84,13 +90,9 @@ def test_diagnose_reports_backbone_and_gated_spaces(synth_csv, tmp_path):
     _png_ok(out / "diagnose.png")
 
 
-def test_diagnose_one_side_of_a_saved_split(synth_csv, tmp_path):
+def test_diagnose_one_side_of_a_saved_split(synth_csv, saved_splits, tmp_path):
     """A protocol's split file picks the images: the test side of split 1 only."""
-    from qfmiqm.data.datasets import load as load_dataset
-
-    ds = load_dataset(str(synth_csv))
-    splits = ds.splits(n=2, test_fraction=0.34, seed=1)
-    split_file = splits.save(tmp_path / "splits.json")
+    ds, splits, split_file = saved_splits
     out = tmp_path / "dg1"
     result = CliRunner().invoke(app, ["diagnose", "-c", "default", "-d", str(synth_csv), "-o", str(out),
                                       "--split-file", str(split_file), "--split-index", "1", "--device", "cpu",

@@ -194,6 +194,34 @@ def test_cli_map_failure_for_one_image_is_one_error_line_and_the_rest_go_on(coff
     assert not (out / "two.map.npy").exists()  # no --map-data
 
 
+@pytest.mark.parametrize("error", [RuntimeError("a kernel failed"), MemoryError()], ids=["unexpected", "memory"])
+def test_cli_map_that_raises_keeps_the_score_and_the_rest_go_on(coffee, tmp_path, monkeypatch, error):
+    """A map computation that fails in a way nobody planned for (or runs out of memory) costs that
+    image its map, not its score, and not the other images' maps."""
+    from qfmiqm.eval import quality_map as qm
+
+    Image.fromarray(coffee).save(tmp_path / "one.png")
+    Image.fromarray(coffee[:, ::-1]).save(tmp_path / "two.png")
+    real = qm.quality_map
+
+    def failing(model, item, *args, **kwargs):
+        if str(item).endswith("one.png"):
+            raise error
+        return real(model, item, *args, **kwargs)
+
+    monkeypatch.setattr(qm, "quality_map", failing)
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(app, ["score", str(tmp_path / "one.png"), str(tmp_path / "two.png"), "--map", str(out)])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    expected = "out of memory" if isinstance(error, MemoryError) else "RuntimeError: a kernel failed"
+    assert len(errors) == 1 and errors[0].startswith(f"error: {tmp_path / 'one.png'}: quality map not written")
+    assert errors[0].endswith(expected) or errors[0].endswith(expected + ")")
+    rows = result.stdout.strip().splitlines()
+    assert len(rows) == 3 and all(r.split(",")[1] for r in rows[1:])  # both scored
+    assert (out / "two.map.png").is_file() and not (out / "one.map.png").exists()
+
+
 def test_cli_map_data_needs_map(samples):
     result = CliRunner().invoke(app, ["score", str(samples["coffee"]), "--map-data"])
     assert result.exit_code == 2 and "--map-data needs --map" in result.stderr

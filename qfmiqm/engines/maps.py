@@ -59,13 +59,13 @@ class MapEngine:
 
         try:
             qmap = quality_map(self.model, path)
-        except (ImageError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one image's map must not stop the others
             # no map (e.g. too large for one pass, or a bad file): the score, if it has one
-            return self._score_only(path, f"quality map not written: {exc or 'out of memory'}")
+            return self._score_only(path, _map_error(exc))
         try:
             write_map_files(qmap, target, data=self.data)
-        except (OSError, UsageError, ValueError) as exc:
-            self._map_failed(path, f"quality map not written: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            self._map_failed(path, _map_error(exc))
         return ScoreResult(path, qmap.score)
 
     def _score_only(self, path: str, map_error: str) -> ScoreResult:
@@ -77,3 +77,12 @@ class MapEngine:
     def _map_failed(self, path: str, reason: str) -> None:
         self.map_failures += 1
         self.on_map_error(path, reason)
+
+
+def _map_error(exc: BaseException) -> str:
+    """The one-line reason a map was not written."""
+    if isinstance(exc, MemoryError):
+        return "quality map not written: out of memory"
+    if isinstance(exc, (ImageError, UsageError, OSError, ValueError)):
+        return f"quality map not written: {exc}"
+    return f"quality map not written ({type(exc).__name__}: {exc})"

@@ -6,8 +6,9 @@ How: the backbone runs **once over the whole policy-resized image** at native re
 head is then evaluated on every window of the backbone's feature maps that has the size of one
 training crop (``policy.size`` pixels: 7 x 7 cells of the coarsest, stride-32 level for the
 default model), sliding one coarsest cell at a time. Each window is pooled to the head's token
-grid exactly as a crop is (adaptive average bins), scored by the decoder, shifted by the image's
-tone term and mapped to 0-100 by the model's own score mapping. A cell's value is the
+grid exactly as a crop is (adaptive average bins), scored by the decoder, shifted by the model's
+image-level term computed from the window's own pixels and mapped to 0-100 by the model's own
+score mapping. A cell's value is the
 Gaussian-weighted mean of the windows that cover it (weights fall with the distance between the
 cell and the window's centre), so neighbouring cells share most windows: no crop seams.
 
@@ -48,8 +49,6 @@ WINDOW_SIGMA = 0.25
 #: the largest policy-resized image a map is made of: the one backbone pass holds its activations
 #: (measured on the CPU: about 0.22 GB per Mpx, 0.9 GB for 1024 x 4096); panoramas up to 8:1 fit
 MAX_MAP_PIXELS = 8 * 1024 * 1024
-#: each window gets the image-level term of its own pixels (True) or the whole image's (False)
-WINDOW_TERMS = True
 #: windows scored per decoder batch (bounds the memory of very large images)
 WINDOW_BATCH = 512
 #: overlays are drawn at most this many pixels on their longer side
@@ -229,11 +228,7 @@ def quality_map(model: QualityModel, item: Any, with_score: bool = True) -> Qual
     if img.shape[0] * img.shape[1] > MAX_MAP_PIXELS:
         raise ImageError(f"{img.shape[1]}x{img.shape[0]} after resizing is too large for a quality map "
                          f"(one backbone pass; at most {MAX_MAP_PIXELS // 2**20} Mpx)")
-    views = [np.ascontiguousarray(v) for v in cut_views(img, policy)]
-    statistics = model.prepare_spec().statistics  # None without a tone term
-    prepared = Prepared(views, statistics(views) if statistics is not None else None)
-    # the image's tone term shifts every window alike
-    tone = float(model.card.tone.of_statistics(prepared.stats[None])[0]) if prepared.stats is not None else 0.0
+    views = [np.ascontiguousarray(v) for v in cut_views(img, policy)] if with_score else []
     device = next(net.parameters()).device
     graph = ScoringGraph(net, policy).to(device)  # the scoring path's normalisation
     one_pass = with_score and _scored_whole(views, img)
@@ -243,13 +238,8 @@ def quality_map(model: QualityModel, item: Any, with_score: bool = True) -> Qual
         raw, cell = window_scores(net, x, policy.size, feats)
         # a whole-image model scores exactly this pass's features: map and score share it
         whole_raw = float(net.head(feats)[0]) if one_pass else None
-    if one_pass:
-        score = model.map_score(whole_raw + tone)
-    elif with_score:  # crops or tiles: the scoring path's own views, statistics and runtime
-        score = model.map_score(model.raw_scores_of([prepared])[0])
-    else:
-        score = None
-    terms = window_terms(model, img, raw.shape, cell, policy.size) if WINDOW_TERMS else tone
+    score = _image_score(model, views, whole_raw) if with_score else None
+    terms = window_terms(model, img, raw.shape, cell, policy.size)
     to_score = np.vectorize(model.map_score, otypes=[np.float64])
     values = cells_from_windows(to_score(raw + terms), policy.size // cell)
     return QualityMap(img, values.astype(np.float32), cell, score)
@@ -265,6 +255,18 @@ def window_terms(model: QualityModel, img: np.ndarray, shape: tuple[int, int], c
     stats = np.stack([tone_statistics([img[i * cell:i * cell + size, j * cell:j * cell + size]])
                       for i in range(shape[0]) for j in range(shape[1])])
     return model.card.tone.of_statistics(stats).reshape(shape)
+
+
+def _image_score(model: QualityModel, views: list[np.ndarray], whole_raw: float | None) -> float:
+    """The image's 0-100 score: from the map's own pass (``whole_raw``, the head on the whole
+    image's features) plus the image's term, or else (crops, tiles) the scoring path's own views,
+    statistics and runtime."""
+    statistics = model.prepare_spec().statistics  # None without a tone term
+    prepared = Prepared(views, statistics(views) if statistics is not None else None)
+    if whole_raw is None:
+        return model.map_score(model.raw_scores_of([prepared])[0])
+    term = float(model.card.tone.of_statistics(prepared.stats[None])[0]) if prepared.stats is not None else 0.0
+    return model.map_score(whole_raw + term)
 
 
 def _scored_whole(views: list[np.ndarray], img: np.ndarray) -> bool:
