@@ -538,6 +538,35 @@ def protocol_cmd(
         typer.echo(f"results: {Path(out) / 'results.md'}")
 
 
+@app.command("search")
+def search_cmd(
+    config: str = typer.Option(..., "--config", "-c", help="Training config (YAML) the candidates change."),
+    param: List[str] = typer.Option(..., "--param", "-p", help="KEY=V1,V2,... values to try, e.g. qfm.match_tau=2,5,10; repeat per key."),
+    split_file: str = typer.Option(..., "--split-file", help="A protocol's splits.json: the search trains on these splits' training sides."),
+    split: str = typer.Option("0,1,2", "--split", help="Comma-separated split indices whose validation sides rank the candidates."),
+    budget: int = typer.Option(8, "--budget", min=1, help="Candidates to train: the base config + a seeded random draw from the grid."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draw."),
+    out: str = typer.Option("search", "--out", "-o", help="Folder for the runs and search.json/search.md (rerun to resume)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key for every candidate, e.g. optim.epochs=3."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Hyperparameter search on validation sides only (test sides are never evaluated)."""
+    from qfmiqm.eval.search import parse_param, run_search
+    from qfmiqm.train.schema import load_train_config
+
+    with user_errors(debug):
+        base = load_train_config(config, list(set_))
+        grid = dict(parse_param(p) for p in param)
+        try:
+            indices = [int(v) for v in split.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(f"--split '{split}': expected comma-separated split indices, e.g. 0,1,2") from None
+        result = run_search(base, grid, split_file, indices, out, budget, seed, say=_err)
+        typer.echo(result.table)
+        typer.echo(f"best: {result.best['overrides'] or 'the base config'} "
+                   f"(median val SRCC {result.best['median_val_srcc']:.4f}); {Path(out) / 'search.json'}")
+
+
 @app.command("bench")
 def bench_cmd(
     model: str = typer.Option("default", "--model", "-m", help="Model name or .safetensors checkpoint."),

@@ -20,7 +20,9 @@ from qfmiqm.errors import UsageError
 from qfmiqm.models.backbones import create_backbone
 from qfmiqm.models.card import DecoderConfig
 from qfmiqm.models.qfm import QualityNet
-from qfmiqm.train.block_cache import BlockSplit, use_block_cache
+from qfmiqm.train.block_cache import BlockSplit, ResumedNet, use_block_cache
+from qfmiqm.train.distillation import ema_update, make_teacher
+from qfmiqm.train.feeding import TEACHER_ON_BLOCK_INPUTS, TEACHER_ON_IMAGES
 from qfmiqm.train.engine import run_training
 from qfmiqm.train.finetune import set_backbone_mode, trainable_param_groups
 from qfmiqm.train.objective import QFMConfig, QFMObjective
@@ -52,18 +54,18 @@ def test_resuming_from_the_block_input_reproduces_the_backbone(name, last_n):
 
 
 def test_vit_and_bad_choices_are_usage_errors():
-    assert use_block_cache("auto", "last_n", "cnn", kd_active=False)
-    assert not use_block_cache("auto", "last_n", "vit", kd_active=False)
-    assert not use_block_cache("auto", "last_n", "cnn", kd_active=True)
-    assert not use_block_cache("auto", "full", "cnn", kd_active=False)
-    assert not use_block_cache(False, "last_n", "cnn", kd_active=False)
+    assert use_block_cache("auto", "last_n", "cnn", teacher_needs_images=False)
+    assert not use_block_cache("auto", "last_n", "vit", teacher_needs_images=False)
+    assert not use_block_cache("auto", "last_n", "cnn", teacher_needs_images=True)
+    assert not use_block_cache("auto", "full", "cnn", teacher_needs_images=False)
+    assert not use_block_cache(False, "last_n", "cnn", teacher_needs_images=False)
     with pytest.raises(UsageError, match="last_n"):
-        use_block_cache(True, "full", "cnn", kd_active=False)
-    with pytest.raises(UsageError, match="distillation"):
-        use_block_cache(True, "last_n", "cnn", kd_active=True)
-    assert not use_block_cache("auto", "last_n", "cnn", kd_active=False, whole_images=True)
+        use_block_cache(True, "full", "cnn", teacher_needs_images=False)
+    with pytest.raises(UsageError, match="distill.teacher=ema"):
+        use_block_cache(True, "last_n", "cnn", teacher_needs_images=True)
+    assert not use_block_cache("auto", "last_n", "cnn", teacher_needs_images=False, whole_images=True)
     with pytest.raises(UsageError, match="layout"):
-        use_block_cache(True, "last_n", "cnn", kd_active=False, whole_images=True)
+        use_block_cache(True, "last_n", "cnn", teacher_needs_images=False, whole_images=True)
 
 
 class _Live:
@@ -90,16 +92,16 @@ class _Blocks:
         return self.split.resume(feats)
 
 
-def _setup(net: QualityNet, feeder, policy: InputPolicy):
+def _setup(net: QualityNet, feeder, policy: InputPolicy, qfm: QFMConfig = QFMConfig(match=True, adv=True, kd=False)):
     groups = trainable_param_groups(net, "last_n", 2)
     opt = torch.optim.AdamW([p for g in groups for p in g["params"]], lr=1e-3)
-    step = TrainStep(net, QFMObjective(QFMConfig(match=True, adv=True, kd=False)), policy, feeder)
+    step = TrainStep(net, QFMObjective(qfm), policy, feeder)
     return step, opt
 
 
-def _one_step(step: TrainStep, opt, inputs, targets) -> float:
+def _one_step(step: TrainStep, opt, inputs, targets, extra=None) -> float:
     torch.manual_seed(1)  # the objective's random draws
-    loss, logs = step(inputs, targets)
+    loss, logs = step(inputs, targets, extra)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -147,6 +149,45 @@ def test_one_step_on_block_inputs_equals_one_step_on_live_crops():
           f"{block[0] * 1000:.0f} ms/step ({block[1] * 1000:.0f} ms CPU): {live[0] / block[0]:.1f}x")
 
 
+def test_distillation_on_block_inputs_equals_distillation_on_live_crops():
+    """The EMA teacher of the trained blocks + head, called on cached block inputs, gives the
+    pseudo-labels the whole-network EMA teacher gives on the live crops, step after step."""
+    torch.manual_seed(0)
+    size, batch = 96, 4
+    base = QualityNet(create_backbone("efficientnet_lite0", pretrained=False), DecoderConfig(width=32, heads=4, grid=4))
+    policy = InputPolicy(size=size, mean=base.backbone.mean, std=base.backbone.std)
+    qfm = QFMConfig(match=True, adv=True, kd=True)
+    live_net, block_net = base, copy.deepcopy(base)
+    live_step, live_opt = _setup(live_net, _Live(policy), policy, qfm)
+    trainable_param_groups(block_net, "last_n", 2)
+    split = BlockSplit(block_net.backbone, 2, block_net.head.grid)
+    block_step, block_opt = _setup(block_net, _Blocks(split), policy, qfm)
+    live_teacher, block_student = make_teacher(live_net), ResumedNet(split, block_net.head)
+    block_teacher = make_teacher(block_student)
+    live_step.set_teacher(live_teacher, TEACHER_ON_IMAGES)
+    block_step.set_teacher(block_teacher, TEACHER_ON_BLOCK_INPUTS)
+    crops = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    extra = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    targets = torch.linspace(-1.0, 1.0, batch)
+    block_net.eval()
+    with torch.no_grad():
+        cached, cached_extra = split.encode(normalize(crops, policy)), split.encode(normalize(extra, policy))
+    for _ in range(2):  # the second step's pseudo-labels come from the moved teachers
+        live_net.train(), block_net.train()
+        loss_live = _one_step(live_step, live_opt, crops, targets, extra)
+        loss_block = _one_step(block_step, block_opt, cached, targets, cached_extra)
+        assert loss_block == pytest.approx(loss_live, rel=1e-4, abs=1e-5)
+        ema_update(live_teacher, live_net, 0.5)
+        ema_update(block_teacher, block_student, 0.5)
+    with torch.no_grad():
+        from_images = live_teacher(normalize(extra, policy))
+        from_blocks = block_teacher(cached_extra)
+    torch.testing.assert_close(from_blocks, from_images, rtol=1e-4, atol=1e-5)
+    # the block teacher holds copies, not the student's modules
+    assert all(t is not s for t, s in zip(block_teacher.parameters(), block_student.parameters()))
+    assert not any(p.requires_grad for p in block_teacher.parameters())
+
+
 # --- a whole run ---------------------------------------------------------------------------------
 
 
@@ -167,15 +208,20 @@ def _config(synth_set, *extra: str):
         "train.workers=0", "eval.test=false", *extra])
 
 
-def test_a_last_n_run_on_block_inputs_resumes_exactly(synth_set):
+@pytest.mark.parametrize("kd", [(), ("qfm.kd=true", "data.extra=train", "qfm.ema_decay=0.9")], ids=["no_kd", "ema_kd"])
+def test_a_last_n_run_on_block_inputs_resumes_exactly(synth_set, kd):
     tmp, _ = synth_set
     quiet = Progress(enabled=False)
-    full = run_training(_config(synth_set), tmp / "full", progress=quiet)
+    name = "kd" if kd else "plain"
+    full = run_training(_config(synth_set, *kd), tmp / f"full_{name}", progress=quiet)
     assert full.complete and full.cache["crops_total"] > 0  # the block-input cache was used (auto)
+    if kd:
+        assert all(h.get("kd", 0.0) > 0 for h in full.history if "kd" in h) and any("kd" in h for h in full.history)
     steps = full.history[-1]["step"]
-    part = run_training(_config(synth_set, f"train.max_steps={steps // 2 + 1}"), tmp / "part", progress=quiet)
+    part = run_training(_config(synth_set, *kd, f"train.max_steps={steps // 2 + 1}"), tmp / f"part_{name}",
+                        progress=quiet)
     assert not part.complete and part.cache["crops_computed"] == 0  # the first run's cache is reused
-    resumed = run_training(_config(synth_set), tmp / "part", resume=True, progress=quiet)
+    resumed = run_training(_config(synth_set, *kd), tmp / f"part_{name}", resume=True, progress=quiet)
     a, b = load_file(str(full.best_model)), load_file(str(resumed.best_model))
     assert a.keys() == b.keys()
     for k in a:

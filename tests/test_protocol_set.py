@@ -38,3 +38,23 @@ def test_rows_leave_out_test_photos_camera_types_and_scene_less_crops(load_tool,
                       "--out", str(out)]) == 0
     written = list(csv.DictReader(open(out)))
     assert [r["path"] for r in written] == [r["path"] for r in rows]
+
+
+def test_one_level_keeps_pristine_and_one_balanced_level_per_type(load_tool):
+    tool = load_tool("make_protocol_set")
+    rows = []
+    for photo in ("a", "b", "c", "d", "e"):
+        ref = f"synth_default/reference/{photo}.png"
+        rows.append(_row(ref, ref, "pristine", 0, "100"))
+        for t in ("jpeg", "gaussian_blur"):
+            rows += [_row(f"synth_default/distorted/{photo}_{t}_{lv}.png", ref, t, lv) for lv in range(1, 6)]
+    kept = tool.one_level_per_type(rows)
+    assert sum(r["type"] == "pristine" for r in kept) == 5
+    for t in ("jpeg", "gaussian_blur"):
+        mine = [r for r in kept if r["type"] == t]
+        # one level per photo, and the five photos cover the five levels once each
+        assert sorted(r["reference"] for r in mine) == sorted({r["reference"] for r in rows})
+        assert sorted(int(r["level"]) for r in mine) == [1, 2, 3, 4, 5]
+    # the two types of one photo are at different levels
+    a = {r["type"]: r["level"] for r in kept if r["reference"].endswith("/a.png") and r["type"] != "pristine"}
+    assert a["jpeg"] != a["gaussian_blur"]

@@ -117,3 +117,17 @@ def test_cli_errors_before_any_work(tmp_path):
     r = _train(["--config", str(CONFIGS / "synthetic_deiqt.yaml"), "--set", f"data.dataset={csv}"], tmp_path)
     assert r.exit_code == 2 and "data.dataset" in r.output and "missing" in r.output
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_protocol185_configs_load_and_setting_b_distills_on_cached_block_inputs():
+    """Issue 23's configs: every one loads; setting (b) trains the last block on cached block
+    inputs, and its QFM-IQM keeps the EMA-teacher distillation (which the cache now supports)."""
+    paths = sorted(CONFIGS.glob("protocol185*.yaml"))
+    assert len(paths) >= 10
+    for path in paths:
+        assert load_train_config(path).data.dataset.startswith("datasets/protocol185")
+    b = load_train_config(CONFIGS / "protocol185_last1_qfm.yaml")
+    assert (b.model.finetune.mode, b.model.finetune.last_n, b.train.cache_block_inputs) == ("last_n", 1, True)
+    assert b.qfm.kd and b.data.extra == "train" and b.distill.teacher == "ema"
+    with pytest.raises(UsageError, match="distill.teacher=ema"):
+        load_train_config(CONFIGS / "protocol185_last1_qfm.yaml", ["distill.teacher=some_model.safetensors"])

@@ -3,7 +3,13 @@ docs/results.md): every photo that is not a default-model test photo, KADID-10k'
 levels + the pristine image, with the default model's human-anchored labels.
 
     python tools/make_protocol_set.py [--train datasets/default_train_anchored_sat.csv] \\
-        [--heldout datasets/synth_heldout/labels_anchored_sat.csv] [--out datasets/protocol185.csv]
+        [--heldout datasets/synth_heldout/labels_anchored_sat.csv] [--out datasets/protocol185.csv] \\
+        [--one-level]
+
+``--one-level`` writes the thinned set of setting (b) (``datasets/protocol185_one_level.csv``):
+each photo keeps its pristine image and one level per type, the level cycling with the photo and
+the type so that every (type, level) cell holds about the same number of photos. It is a fifth of
+the images, for the runs that train backbone blocks on the CPU.
 
 The training photos' images come from the default model's synthetic set (one 288 x 288 crop per
 photo, seed 0), the validation photos' from the held-out set (seed 1); the 7 test photos of the
@@ -46,15 +52,34 @@ def protocol_rows(train_rows, heldout_rows, heldout_prefix: str) -> list[dict]:
     return out
 
 
+def one_level_per_type(rows: list[dict]) -> list[dict]:
+    """Each reference's pristine rows and, per type, only level ``1 + (photo + type) % levels``
+    (photos and types numbered in sorted order), so the cells stay balanced."""
+    refs = {ref: i for i, ref in enumerate(sorted({r["reference"] for r in rows}))}
+    types = {t: i for i, t in enumerate(sorted({r["type"] for r in rows if r["type"] != "pristine"}))}
+    levels = sorted({int(r["level"]) for r in rows if r["type"] != "pristine"})
+    keep = []
+    for r in rows:
+        if r["type"] == "pristine":
+            keep.append(r)
+        elif int(r["level"]) == levels[(refs[r["reference"]] + types[r["type"]]) % len(levels)]:
+            keep.append(r)
+    return keep
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=Path, default=Path("datasets/default_train_anchored_sat.csv"))
     ap.add_argument("--heldout", type=Path, default=Path("datasets/synth_heldout/labels_anchored_sat.csv"))
     ap.add_argument("--out", type=Path, default=Path("datasets/protocol185.csv"))
+    ap.add_argument("--one-level", action="store_true",
+                    help="one level per photo and type, cycling (the thinned set of setting b)")
     args = ap.parse_args(argv)
     prefix = str(args.heldout.parent.relative_to(args.out.parent)) + "/"
     with open(args.train) as f, open(args.heldout) as g:
         rows = protocol_rows(list(csv.DictReader(f)), list(csv.DictReader(g)), prefix)
+    if args.one_level:
+        rows = one_level_per_type(rows)
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()

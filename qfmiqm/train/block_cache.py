@@ -30,7 +30,7 @@ from qfmiqm.errors import UsageError
 from qfmiqm.models.backbones import Backbone, BackboneFeatures
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.train.cache import FeatureCache
-from qfmiqm.train.feeding import CachedFeeder, FeedContext
+from qfmiqm.train.feeding import TEACHER_ON_BLOCK_INPUTS, CachedFeeder, FeedContext
 from qfmiqm.train.finetune import backbone_units
 
 #: bumped when what the block-input cache stores changes
@@ -100,13 +100,33 @@ class BlockSplit:
 
     def resume(self, cached: BackboneFeatures) -> BackboneFeatures:
         """The backbone's levels from a cached [block input, frozen levels]: runs the trained blocks."""
-        x, frozen = cached.maps[0], iter(cached.maps[1:])
-        outs = []
-        for blk in self.trained:
-            x = blk(x)
-            outs.append(x)
-        maps = [next(frozen) if s is None else outs[s] for s in self.level_source]
-        return BackboneFeatures(maps, None)
+        return resume_levels(self.trained, self.level_source, cached)
+
+
+def resume_levels(blocks, level_source: list[Optional[int]], cached: BackboneFeatures) -> BackboneFeatures:
+    """Run ``blocks`` from the cached block input and put the backbone's levels back in order:
+    a level whose ``level_source`` is None is a frozen one from the cache."""
+    x, frozen = cached.maps[0], iter(cached.maps[1:])
+    outs = []
+    for blk in blocks:
+        x = blk(x)
+        outs.append(x)
+    maps = [next(frozen) if s is None else outs[s] for s in level_source]
+    return BackboneFeatures(maps, None)
+
+
+class ResumedNet(nn.Module):
+    """The trained blocks and the head as one network on cached block inputs: what an EMA
+    teacher copies when the step never sees images (distillation on cached block inputs)."""
+
+    def __init__(self, split: BlockSplit, head: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleList(split.trained)  # the backbone's own modules: shared, not copied
+        self.head = head
+        self.level_source = list(split.level_source)
+
+    def forward(self, cached: BackboneFeatures) -> torch.Tensor:
+        return self.head(resume_levels(self.blocks, self.level_source, cached))
 
 
 class BlockInputCache(FeatureCache):
@@ -149,20 +169,25 @@ class BlockFeeder(CachedFeeder):
     def features(self, net: QualityNet, feats: BackboneFeatures) -> BackboneFeatures:
         return self.split.resume(feats)
 
+    def distill_student(self, net: QualityNet) -> tuple[nn.Module, str]:
+        """The EMA teacher copies the trained blocks with the head and runs on cached block inputs."""
+        return ResumedNet(self.split, net.head), TEACHER_ON_BLOCK_INPUTS
 
-def use_block_cache(choice: bool | str, mode: str, backbone_kind: str, kd_active: bool,
+
+def use_block_cache(choice: bool | str, mode: str, backbone_kind: str, teacher_needs_images: bool,
                     whole_images: bool = False) -> bool:
-    """``train.cache_block_inputs``: ``auto`` -> on for last_n training of a CNN on crops without
-    distillation; ``True`` insists (a usage error where it cannot work); ``False`` -> off."""
+    """``train.cache_block_inputs``: ``auto`` -> on for last_n training of a CNN on crops, unless a
+    distillation teacher needs the images (a trained checkpoint; an EMA teacher runs on the cached
+    block inputs); ``True`` insists (a usage error where it cannot work); ``False`` -> off."""
     if choice is False:
         return False
     if choice == "auto":
-        return mode == "last_n" and backbone_kind == "cnn" and not kd_active and not whole_images
+        return mode == "last_n" and backbone_kind == "cnn" and not teacher_needs_images and not whole_images
     if mode != "last_n":
         raise UsageError(f"config: 'train.cache_block_inputs' needs model.finetune.mode=last_n, not '{mode}'")
-    if kd_active:
-        raise UsageError("config: 'train.cache_block_inputs' does not combine with distillation "
-                         "(qfm.kd with data.extra): the teacher needs the live images")
+    if teacher_needs_images:
+        raise UsageError("config: 'train.cache_block_inputs' does not combine with distillation from a trained "
+                         "checkpoint (distill.teacher): it needs the live images; use distill.teacher=ema")
     if whole_images:
         # a whole image's block input has the image's own size: the cached views cannot be stacked
         raise UsageError("config: 'train.cache_block_inputs' needs model.input.layout=crops, not whole")

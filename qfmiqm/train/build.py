@@ -16,6 +16,7 @@ from qfmiqm.models.card import ModelCard, ScoreMapping
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import build_net, load_net, resolve_model
 from qfmiqm.train.distillation import make_teacher
+from qfmiqm.train.feeding import TEACHER_ON_BLOCK_INPUTS, TEACHER_ON_FEATURES, TEACHER_ON_IMAGES
 from qfmiqm.train.finetune import trainable_param_groups
 from qfmiqm.train.schema import OptimConfig, TrainConfig
 
@@ -62,25 +63,28 @@ def build_training_net(cfg: TrainConfig, device: torch.device) -> tuple[QualityN
     return net, groups
 
 
-def build_teacher(cfg: TrainConfig, net: QualityNet, cached: bool,
-                  device: torch.device) -> tuple[Optional[nn.Module], bool]:
-    """The distillation teacher and whether it runs on images (True) or on backbone features."""
-    live = not cached
+def build_teacher(cfg: TrainConfig, net: QualityNet, feeder,
+                  device: torch.device) -> tuple[Optional[nn.Module], Optional[nn.Module], str]:
+    """The distillation teacher, the student module an EMA teacher follows (None for a trained
+    checkpoint) and what the teacher is called on (``feeding.TEACHER_ON_*``)."""
+    student, called_on = feeder.distill_student(net)
     name = cfg.distill.teacher
     if name == "ema":
-        student = net if (live and cfg.model.finetune.mode != "frozen") else net.head
-        return make_teacher(student), student is net
+        return make_teacher(student), student, called_on
+    if called_on == TEACHER_ON_BLOCK_INPUTS:
+        raise UsageError(f"config: 'distill.teacher' = {name!r} needs the images, which cached block inputs "
+                         f"do not keep; use distill.teacher=ema or train.cache_block_inputs=false")
     try:
         loaded = load_net(resolve_model(name), backbone_weights=cfg.model.backbone_weights,
                           trust_pickle=cfg.model.trust_pickle).to(device)
     except QfmiqmError as exc:
         raise UsageError(f"config: 'distill.teacher' = {name!r}: {exc}") from None
-    if cached:
+    if feeder.cached:
         if loaded.backbone.name != net.backbone.name:
             raise UsageError(f"config: 'distill.teacher' = {name!r}: with cached features the teacher needs "
                              f"the same backbone ({net.backbone.name}), not {loaded.backbone.name}")
-        return make_teacher(loaded.head), False
-    return make_teacher(loaded), True
+        return make_teacher(loaded.head), None, TEACHER_ON_FEATURES
+    return make_teacher(loaded), None, TEACHER_ON_IMAGES
 
 
 def build_optimizer(param_groups: list[dict], o: OptimConfig) -> torch.optim.Optimizer:

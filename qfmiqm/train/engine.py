@@ -45,7 +45,9 @@ from qfmiqm.train.data import RunData, default_workers, load_run_data
 from qfmiqm.train.device import (  # noqa: F401 - resolve_device and friends are re-exported
     AMP_DTYPES, check_compile, resolve_amp, resolve_device, seed_everything, set_determinism,
 )
-from qfmiqm.train.feeding import CachedFeeder, FeedContext, LiveFeeder, epoch_sampler, steps_per_epoch
+from qfmiqm.train.feeding import (
+    TEACHER_ON_FEATURES, CachedFeeder, FeedContext, LiveFeeder, epoch_sampler, steps_per_epoch,
+)
 from qfmiqm.train.progress import Progress
 from qfmiqm.train.run_dir import (  # noqa: F401 - the file names are re-exported
     BEST_DIR, BEST_MODEL, CONFIG_FILE, EVENTS_DIR, LOCK_FILE, LOG_FILE, METRICS_FILE, RESULT_FILE, RunDir,
@@ -138,8 +140,8 @@ class _Trainer:
         #: subtracted from training labels, added to predictions (data.center_targets)
         self.offset = float(np.mean(self.data.train.labels)) if cfg.data.center_targets else 0.0
         self.feeder = self._feeder(default_workers(t.workers))
-        self.teacher, self.teacher_on_images = (build_teacher(cfg, self.net, self.feeder.cached, device)
-                                                if self.kd_active else (None, False))
+        self.teacher, self.ema_student, self.teacher_called_on = (
+            build_teacher(cfg, self.net, self.feeder, device) if self.kd_active else (None, None, TEACHER_ON_FEATURES))
         self.selector = Selector(cfg, self.data, self.net, self.feeder, self.run_dir, info.rank, info.world,
                                  self.offset, self.name, self.policy, self.hash)
         self._stop_signal: Optional[str] = None
@@ -152,7 +154,8 @@ class _Trainer:
         if self.cfg.train.cache_features:
             return CachedFeeder(ctx, wanted)
         if use_block_cache(self.cfg.train.cache_block_inputs, self.cfg.model.finetune.mode,
-                           self.net.backbone.spec.kind, self.kd_active, self.policy.layout == "whole"):
+                           self.net.backbone.spec.kind, self.kd_active and self.cfg.distill.teacher != "ema",
+                           self.policy.layout == "whole"):
             return BlockFeeder(ctx, wanted)
         return LiveFeeder(ctx)
 
@@ -177,7 +180,8 @@ class _Trainer:
             self.steps_per_epoch = steps_per_epoch(cfg, self.data, self.info.world)
             self.feeder.setup(say)
             self.stepper = Stepper(cfg, self.net, self.param_groups, self.feeder, self.policy, self.teacher,
-                                   self.teacher_on_images, self.device, self.amp, self.info.enabled)
+                                   self.ema_student, self.teacher_called_on, self.device, self.amp,
+                                   self.info.enabled)
             self.model = self.stepper.model
             self.state = initial_state()
             if ckpt is not None:

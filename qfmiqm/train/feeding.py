@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from qfmiqm.data.transforms import InputPolicy, normalize
@@ -34,6 +35,10 @@ from qfmiqm.train.device import autocast
 from qfmiqm.train.schema import TrainConfig
 
 Batch = tuple[object, torch.Tensor, Optional[object]]  # inputs, centred targets, extra (distillation) inputs
+
+#: what a distillation teacher is called on (``distill_student``): the crops, the backbone's
+#: features (a head), or cached block inputs (the trained blocks and the head)
+TEACHER_ON_IMAGES, TEACHER_ON_FEATURES, TEACHER_ON_BLOCK_INPUTS = "images", "features", "block_inputs"
 
 
 @dataclass
@@ -72,6 +77,12 @@ class LiveFeeder:
     def features(self, net: QualityNet, x: torch.Tensor) -> BackboneFeatures:
         """Backbone features of a batch of crops (called inside the step's forward)."""
         return net.backbone(normalize(x, self.ctx.policy))
+
+    def distill_student(self, net: QualityNet) -> tuple[nn.Module, str]:
+        """What an EMA teacher copies: the whole network when the backbone trains, else the head."""
+        if self.ctx.cfg.model.finetune.mode != "frozen":
+            return net, TEACHER_ON_IMAGES
+        return net.head, TEACHER_ON_FEATURES
 
     def batches(self, sampler: EpochSampler, epoch: int) -> Iterator[Batch]:
         """The epoch's batches from ``sampler``'s position on."""
@@ -153,6 +164,10 @@ class CachedFeeder:
     def features(self, net: QualityNet, feats: BackboneFeatures) -> BackboneFeatures:
         """The batch's backbone features: the cached ones as they are."""
         return feats
+
+    def distill_student(self, net: QualityNet) -> tuple[nn.Module, str]:
+        """What an EMA teacher copies: the head, on cached features."""
+        return net.head, TEACHER_ON_FEATURES
 
     def batches(self, sampler: EpochSampler, epoch: int) -> Iterator[Batch]:
         """The epoch's batches: one crop of each item's bank, picked by (seed, epoch, position)."""

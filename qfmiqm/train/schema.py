@@ -299,9 +299,9 @@ def validate(cfg: TrainConfig) -> None:
     if t.cache_block_inputs is True and cfg.model.finetune.mode != "last_n":
         raise UsageError(f"config: 'train.cache_block_inputs' needs model.finetune.mode=last_n, "
                          f"not '{cfg.model.finetune.mode}'")
-    if t.cache_block_inputs is True and cfg.qfm.kd and d.extra:
-        raise UsageError("config: 'train.cache_block_inputs' does not combine with distillation "
-                         "(qfm.kd with data.extra): the teacher needs the live images")
+    if t.cache_block_inputs is True and cfg.qfm.kd and d.extra and cfg.distill.teacher != "ema":
+        raise UsageError("config: 'train.cache_block_inputs' does not combine with distillation from a trained "
+                         "checkpoint (distill.teacher): it needs the live images; use distill.teacher=ema")
     if t.cache_block_inputs is True and cfg.model.input.layout == "whole":
         raise UsageError("config: 'train.cache_block_inputs' needs model.input.layout=crops, not whole")
     try:

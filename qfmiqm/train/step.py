@@ -14,6 +14,7 @@ from qfmiqm.errors import QfmiqmError
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.train.build import build_optimizer
 from qfmiqm.train.distillation import ema_update
+from qfmiqm.train.feeding import TEACHER_ON_FEATURES, TEACHER_ON_IMAGES
 from qfmiqm.train.device import autocast
 from qfmiqm.train.objective import QFMObjective
 from qfmiqm.train.schedule import lr_at
@@ -36,23 +37,25 @@ class TrainStep(nn.Module):
         self.objective = objective
         self.policy = policy
         self._feeder = [feeder]  # a list: kept out of the module tree and its attribute hooks
-        self._teacher: list = [None, False]  # (teacher, runs on images); kept out of the module tree
+        # (teacher, what it is called on: feeding.TEACHER_ON_*); kept out of the module tree
+        self._teacher: list = [None, TEACHER_ON_FEATURES]
 
-    def set_teacher(self, teacher: Optional[nn.Module], on_images: bool) -> None:
-        self._teacher = [teacher, on_images]
+    def set_teacher(self, teacher: Optional[nn.Module], called_on: str) -> None:
+        self._teacher = [teacher, called_on]
 
     def forward(self, inputs, targets: torch.Tensor, extra=None):
-        teacher, on_images = self._teacher
+        teacher, called_on = self._teacher
         feeder = self._feeder[0]
         feats = feeder.features(self.net, inputs)
         extra_feats = feeder.features(self.net, extra) if extra is not None else None
         extra_targets, teacher_fn = None, None
         if extra_feats is not None and teacher is not None:
-            if on_images:
-                with torch.no_grad():
-                    extra_targets = teacher(normalize(extra, self.policy)).float()
-            else:
+            if called_on == TEACHER_ON_FEATURES:
                 teacher_fn = teacher
+            else:
+                with torch.no_grad():
+                    teacher_in = normalize(extra, self.policy) if called_on == TEACHER_ON_IMAGES else extra
+                    extra_targets = teacher(teacher_in).float()
         return self.objective(self.net.head, feats, targets, extra_feats=extra_feats, teacher=teacher_fn,
                               extra_targets=extra_targets)
 
@@ -61,14 +64,14 @@ class Stepper:
     """Owns the optimizer, the GradScaler and the (DDP-wrapped) step module; ``step`` trains one batch."""
 
     def __init__(self, cfg: TrainConfig, net: QualityNet, param_groups: list[dict], feeder, policy: InputPolicy,
-                 teacher: Optional[nn.Module], teacher_on_images: bool, device: torch.device,
-                 amp: Optional[torch.dtype], ddp_enabled: bool):
+                 teacher: Optional[nn.Module], ema_student: Optional[nn.Module], teacher_called_on: str,
+                 device: torch.device, amp: Optional[torch.dtype], ddp_enabled: bool):
         self.cfg, self.net, self.device, self.amp = cfg, net, device, amp
-        self.teacher, self.teacher_on_images = teacher, teacher_on_images
+        self.teacher, self.ema_student = teacher, ema_student
         self.optimizer = build_optimizer(param_groups, cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
         self.module = TrainStep(net, QFMObjective(cfg.qfm), policy, feeder)
-        self.module.set_teacher(teacher, teacher_on_images)
+        self.module.set_teacher(teacher, teacher_called_on)
         if cfg.train.compile:
             self._compile(feeder.cached)
         self.model = wrap_ddp(self.module, device) if ddp_enabled else self.module
@@ -105,9 +108,8 @@ class Stepper:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, o.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.teacher is not None and self.cfg.distill.teacher == "ema":
-            student = self.net if self.teacher_on_images else self.net.head
-            ema_update(self.teacher, student, self.cfg.qfm.ema_decay)
+        if self.teacher is not None and self.ema_student is not None:
+            ema_update(self.teacher, self.ema_student, self.cfg.qfm.ema_decay)
         logs["lr"] = lr
         return logs
 
