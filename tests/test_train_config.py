@@ -126,8 +126,8 @@ def test_protocol185_configs_load_and_setting_b_distills_on_cached_block_inputs(
     assert len(paths) >= 10
     for path in paths:
         assert load_train_config(path).data.dataset.startswith("datasets/protocol185")
-    b = load_train_config(CONFIGS / "protocol185_last1_qfm.yaml")
+    b = load_train_config(CONFIGS / "protocol185_last1_qfm_tuned.yaml")
     assert (b.model.finetune.mode, b.model.finetune.last_n, b.train.cache_block_inputs) == ("last_n", 1, True)
     assert b.qfm.kd and b.data.extra == "train" and b.distill.teacher == "ema"
     with pytest.raises(UsageError, match="distill.teacher=ema"):
-        load_train_config(CONFIGS / "protocol185_last1_qfm.yaml", ["distill.teacher=some_model.safetensors"])
+        load_train_config(CONFIGS / "protocol185_last1_qfm_tuned.yaml", ["distill.teacher=some_model.safetensors"])
