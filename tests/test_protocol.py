@@ -101,3 +101,21 @@ def test_protocol_errors(tmp_path):
     assert bad.exit_code == 2 and "optim.lrr" in bad.stderr
     missing = CliRunner().invoke(app, ["protocol", "-c", str(tmp_path / "none.yaml")])
     assert missing.exit_code == 2
+
+
+def test_a_split_trained_by_hand_counts_as_done_and_an_unfinished_one_does_not(tmp_path):
+    """A split run in parallel with `qfmiqm train` into the protocol's split folder leaves the
+    run's own result.json (metrics under "metrics"): the protocol reads its test metrics from it."""
+    from qfmiqm.eval.protocol import _finished
+
+    run = tmp_path / "split03"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"complete": True, "best_model": "b.safetensors", "history": [],
+                                                 "metrics": {"test": {"srcc": 0.5}, "val": {"srcc": 0.6}}}))
+    assert _finished(run, 3) == {"split": 3, "test": {"srcc": 0.5}, "val": {"srcc": 0.6}, "best_model": "b.safetensors"}
+    (run / "result.json").write_text(json.dumps({"complete": False, "metrics": {}}))  # stopped at max_steps
+    assert _finished(run, 3) is None
+    (run / "result.json").write_text('{"split": 3, "te')  # half-written
+    assert _finished(run, 3) is None
+    (run / "result.json").write_text(json.dumps({"split": 3, "test": {"srcc": 0.4}, "val": {}, "best_model": None}))
+    assert _finished(run, 3)["test"] == {"srcc": 0.4}  # the protocol's own record

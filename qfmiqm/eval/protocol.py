@@ -58,14 +58,24 @@ def _train(cfg: TrainConfig, run_dir: Path, say: Say):
     return run_training(cfg, run_dir=run_dir, resume=resume)
 
 
-def _finished(run_dir: Path) -> dict | None:
+def _finished(run_dir: Path, index: int | None = None) -> dict | None:
+    """The split's record, or None to (re)run it. A run finished outside the protocol (a split
+    trained by hand with ``qfmiqm train``, in parallel) leaves the run's own result.json, which
+    carries its metrics under "metrics": its record is built from them."""
     path = run_dir / RESULT_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None  # a damaged record: recompute (the run itself resumes from its checkpoint)
+    if "metrics" in record:
+        if not record.get("complete"):
+            return None
+        metrics = record["metrics"]
+        return {"split": index, "test": metrics.get("test", {}), "val": metrics.get("val", {}),
+                "best_model": record.get("best_model")}
+    return record
 
 
 def count_references(ds) -> int:
@@ -118,7 +128,7 @@ def run_protocol(methods: Sequence[Method], n_splits: int, out_dir: str | os.Pat
         per_split[method.name] = []
         for i in range(n_splits):
             run_dir = out / method.name / f"split{i:02d}"
-            record = _finished(run_dir)
+            record = _finished(run_dir, i)
             if record is None:
                 say(f"[{method.name}] split {i + 1}/{n_splits}")
                 cfg = method.cfg.replace(**{"data.split": i, "data.n_splits": n_splits,

@@ -84,7 +84,7 @@ def run_search(base: TrainConfig, grid: Grid, split_file: str | Path, split_indi
         vals, seconds = [], 0.0
         for i in split_indices:
             run_dir = out / f"cand{k:02d}" / f"split{i:02d}"
-            record = _finished(run_dir)
+            record = _finished(run_dir, i)
             if record is None:
                 say(f"[candidate {k}: {_describe(overrides)}] split {i}")
                 cfg = base.replace(**overrides, **{"data.split": i, "data.n_splits": n_splits,
