@@ -43,6 +43,28 @@ def default_torch_model():
         return qfmiqm.load("default", device="cpu", runtime="torch")
 
 
+@pytest.fixture(scope="session")
+def synth_from_samples(samples):
+    """``make(root, types, size=224) -> labels.csv``: a synthetic set of the sample photos at
+    levels 1, 3, 5, made by ``qfmiqm synth`` as a user would."""
+    from typer.testing import CliRunner
+
+    from qfmiqm.cli import app
+
+    def make(root: Path, types: str, size: int = 224) -> Path:
+        src = root / "src"
+        src.mkdir(parents=True)
+        for stem, path in samples.items():
+            Image.open(path).convert("RGB").save(src / f"{stem}.png")
+        result = CliRunner().invoke(app, ["synth", "--src", str(src), "--out", str(root / "set"), "--types", types,
+                                          "--levels", "1,3,5", "--size", str(size), "--workers", "0",
+                                          "--no-progress"])
+        assert result.exit_code == 0, result.output
+        return root / "set" / "labels.csv"
+
+    return make
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Run a module's torch work on one thread (small ops are faster so, and timings steadier)."""

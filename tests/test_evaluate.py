@@ -13,17 +13,8 @@ from qfmiqm.cli import app
 
 
 @pytest.fixture(scope="module")
-def synth_csv(tmp_path_factory, samples):
-    out = tmp_path_factory.mktemp("synth")
-    src = out / "src"
-    src.mkdir()
-    for name, path in samples.items():
-        Image.open(path).convert("RGB").save(src / f"{name}.png")
-    result = CliRunner().invoke(app, ["synth", "--src", str(src), "--out", str(out / "set"),
-                                      "--types", "gaussian_blur,white_noise", "--levels", "1,3,5",
-                                      "--size", "224", "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    return out / "set" / "labels.csv"
+def synth_csv(tmp_path_factory, synth_from_samples):
+    return synth_from_samples(tmp_path_factory.mktemp("synth"), "gaussian_blur,white_noise")
 
 
 def _png_ok(path):

@@ -15,23 +15,11 @@ FAST = ["--set", "optim.epochs=1", "--set", "optim.batch_size=4", "--set", "trai
         "--set", "train.progress=false"]
 
 
-def _synth(root, samples, types, name):
-    src = root / f"src_{name}"
-    src.mkdir()
-    for stem, path in samples.items():
-        Image.open(path).convert("RGB").save(src / f"{stem}.png")
-    out = root / name
-    result = CliRunner().invoke(app, ["synth", "--src", str(src), "--out", str(out), "--types", types,
-                                      "--levels", "1,3,5", "--size", "224", "--workers", "0", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    return out / "labels.csv"
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, samples):
+def data(tmp_path_factory, synth_from_samples):
     root = tmp_path_factory.mktemp("protocol")
-    a = _synth(root, samples, "gaussian_blur,white_noise", "blurnoise")
-    b = _synth(root, samples, "jpeg,contrast_change", "jpegcontrast")
+    a = synth_from_samples(root / "blurnoise", "gaussian_blur,white_noise")
+    b = synth_from_samples(root / "jpegcontrast", "jpeg,contrast_change")
     return root, a, b
 
 

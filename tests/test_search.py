@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from qfmiqm.cli import app
@@ -30,17 +29,9 @@ def test_grid_parsing_and_the_seeded_draw():
 
 
 @pytest.fixture(scope="module")
-def protocol_splits(tmp_path_factory, samples):
+def protocol_splits(tmp_path_factory, synth_from_samples):
     root = tmp_path_factory.mktemp("search")
-    src = root / "src"
-    src.mkdir()
-    for stem, path in samples.items():
-        Image.open(path).convert("RGB").save(src / f"{stem}.png")
-    synth = CliRunner().invoke(app, ["synth", "--src", str(src), "--out", str(root / "set"), "--types",
-                                     "gaussian_blur,white_noise", "--levels", "1,3,5", "--size", "160",
-                                     "--workers", "0", "--no-progress"])
-    assert synth.exit_code == 0, synth.output
-    labels = root / "set" / "labels.csv"
+    labels = synth_from_samples(root, "gaussian_blur,white_noise", size=160)
     proto = CliRunner().invoke(app, ["protocol", "-c", "configs/synthetic_deiqt.yaml", "--splits", "3", "--out",
                                      str(root / "p"), "--set", f"data.dataset={labels}", "--set",
                                      "data.val_fraction=0.3", "--set", f"train.cache_dir={root / 'cache'}", *FAST])

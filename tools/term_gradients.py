@@ -50,7 +50,8 @@ def parameter_parts(net, train_blocks: int) -> dict[str, list[torch.nn.Parameter
 
 
 def flat_grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    # the batch's backbone graph is shared by the three losses
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
 
 
@@ -58,15 +59,17 @@ def term_statistics(net, batches, qfm: QFMConfig, train_blocks: int, seed: int =
     """Per term and part: median norm ratio and cosine to L_reg's gradient over ``batches``."""
     parts = parameter_parts(net, train_blocks)
     every = [p for ps in parts.values() for p in ps]
-    for p in every:
-        p.requires_grad_(True)
+    measured = {id(p) for p in every}
+    for p in net.parameters():  # the frozen rest of the backbone builds no graph
+        p.requires_grad_(id(p) in measured)
     sizes = [sum(p.numel() for p in ps) for ps in parts.values()]
     reg_only = QFMObjective(replace(qfm, match=False, adv=False, kd=False))
     stats = {t: {part: {"ratio": [], "cos": []} for part in parts} for t in TERMS}
     for x, y in batches:
+        feats = net.backbone(x)  # once per batch: the objectives only differ in the head
+
         def loss_of(objective: QFMObjective) -> torch.Tensor:
             torch.manual_seed(seed)
-            feats = net.backbone(x)
             return objective(net.head, feats, y)[0]
 
         g_reg = flat_grads(loss_of(reg_only), every).split(sizes)

@@ -16,7 +16,7 @@ from qfmiqm.models.card import ModelCard, ScoreMapping
 from qfmiqm.models.qfm import QualityNet
 from qfmiqm.models.registry import build_net, load_net, resolve_model
 from qfmiqm.train.distillation import make_teacher
-from qfmiqm.train.feeding import TEACHER_ON_BLOCK_INPUTS, TEACHER_ON_FEATURES, TEACHER_ON_IMAGES
+from qfmiqm.train.feeding import TEACHER_ON_FEATURES, TEACHER_ON_IMAGES
 from qfmiqm.train.finetune import trainable_param_groups
 from qfmiqm.train.schema import OptimConfig, TrainConfig
 
@@ -69,11 +69,9 @@ def build_teacher(cfg: TrainConfig, net: QualityNet, feeder,
     checkpoint) and what the teacher is called on (``feeding.TEACHER_ON_*``)."""
     student, called_on = feeder.distill_student(net)
     name = cfg.distill.teacher
+    # a checkpoint teacher never meets cached block inputs: train.cache_block_inputs refuses it
     if name == "ema":
         return make_teacher(student), student, called_on
-    if called_on == TEACHER_ON_BLOCK_INPUTS:
-        raise UsageError(f"config: 'distill.teacher' = {name!r} needs the images, which cached block inputs "
-                         f"do not keep; use distill.teacher=ema or train.cache_block_inputs=false")
     try:
         loaded = load_net(resolve_model(name), backbone_weights=cfg.model.backbone_weights,
                           trust_pickle=cfg.model.trust_pickle).to(device)
