@@ -194,6 +194,45 @@ def test_blockiness_matches_a_direct_computation_over_strips_and_views(coffee, m
         assert _stats(views)["blockiness"] == pytest.approx(expected, rel=1e-4), strip_pixels
 
 
+def _reblur_oracle(views: list[np.ndarray]) -> float:
+    """Direct, after Crete-Roffet et al.: each image against its 3-pixel box blur (scipy), the
+    steps of both along each axis away from the borders, min(step, blurred step) over step,
+    each weighted by the step squared."""
+    kept = total = 0.0
+    for v in views:
+        y = (v.astype(np.float32) @ LUMA.astype(np.float32)).astype(np.float64)
+        for axis in (0, 1):
+            inner = (slice(None),) * axis + (slice(1, -1),)  # steps whose box lies inside the image
+            step = np.abs(np.diff(y, axis=axis))[inner]
+            blurred = np.abs(np.diff(ndimage.uniform_filter1d(y, 3, axis=axis), axis=axis))[inner]
+            kept += (np.minimum(step, blurred) * step ** 2).sum()
+            total += (step ** 3).sum()
+    return kept / total
+
+
+def test_reblur_matches_a_direct_computation_over_strips_and_views(coffee, monkeypatch):
+    from qfmiqm.models import tone
+
+    views = [coffee[:, :250], coffee[3:300, 250:], np.ascontiguousarray(coffee.transpose(1, 0, 2))]
+    expected = _reblur_oracle(views)
+    for strip_pixels in (1 << 30, tone._STRIP_PIXELS, 1):
+        monkeypatch.setattr(tone, "_STRIP_PIXELS", strip_pixels)
+        assert _stats(views)["reblur"] == pytest.approx(expected, rel=1e-5), strip_pixels
+
+
+def test_reblur_rises_with_blur_and_hardly_moves_with_noise(coffee):
+    """Sharpness as the image's own edges measure it: a 0.7 px blur, the mildest level of the
+    peers benchmark, already moves it clearly; mild noise, whose steps are small, hardly."""
+    def blur(sigma):
+        return np.clip(ndimage.gaussian_filter(coffee.astype(np.float32), (sigma, sigma, 0)) + 0.5, 0, 255).astype(np.uint8)
+
+    levels = [_stats([coffee])["reblur"]] + [_stats([blur(s)])["reblur"] for s in (0.7, 1.3, 2.2)]
+    assert np.all(np.diff(levels) > 0.02), levels
+    assert _stats([blur(3.6)])["reblur"] > 0.9  # saturated: past ~2 px the steps are 8-bit rounding
+    noisy = np.clip(coffee + np.random.default_rng(0).normal(0, 6, coffee.shape), 0, 255).astype(np.uint8)
+    assert abs(_stats([noisy])["reblur"] - levels[0]) < 0.2 * (levels[1] - levels[0])
+    assert _stats([np.full((16, 16, 3), 90, np.uint8)])["reblur"] == 1.0  # no steps: nothing to lose
+
 def test_statistics_refuse_what_is_not_an_image():
     with pytest.raises(ValueError, match="at least one view"):
         tone_statistics([])
@@ -301,6 +340,27 @@ def test_fit_corrects_the_pairs_a_head_cannot_order():
     assert max(abs(w) for w in strong.weights) < 0.01 * term.weights[0]
 
 
+def test_a_gap_makes_the_fit_open_a_lead_the_plain_fit_does_not_ask_for():
+    """Pairs the head orders by 1 point, a statistic that tells them apart: asking for a gap of 6
+    points opens the pristine images' lead by about that much more than the plain fit does."""
+    rng = np.random.default_rng(1)
+    n = 200
+    pristine = rng.normal(0, 1, (n, N_STATS))
+    version = pristine + rng.normal(0, 0.05, (n, N_STATS))
+    version[:, -1] += 1.0  # e.g. reblur: the version is the blurrier
+    stats = np.concatenate([pristine, version])
+    head = np.concatenate([np.full(n, 71.0), np.full(n, 70.0)])
+    pairs = np.stack([np.arange(n), np.arange(n) + n], axis=1)
+
+    def lead(gap):
+        term = fit_tone_term(stats, head, pairs, lam=1e-4, temperature=1.0, gap=gap)
+        scores = head + term.of_statistics(stats)
+        return float(np.median(scores[pairs[:, 0]] - scores[pairs[:, 1]]))
+
+    plain = lead(0.0)
+    assert 1.0 < plain and plain + 4.0 < lead(6.0) < plain + 8.0
+
+
 class _Synthetic:
     name = "s"
 
@@ -380,6 +440,9 @@ def test_fit_tone_tool_refuses_bad_arguments(load_tool, monkeypatch, tmp_path):
     tool = load_tool("fit_tone")
     monkeypatch.setattr(sys, "argv", ["fit_tone.py", "--model", "default", "--temperature", "0"])
     with pytest.raises(SystemExit, match="--temperature > 0"):
+        tool.main()
+    monkeypatch.setattr(sys, "argv", ["fit_tone.py", "--model", "default", "--gap", "-1"])
+    with pytest.raises(SystemExit, match="--gap must be >= 0"):
         tool.main()
     monkeypatch.setattr(sys, "argv", ["fit_tone.py", "--model", str(tmp_path / "none.safetensors")])
     with pytest.raises(SystemExit, match="none.safetensors: model file not found"):

@@ -2,7 +2,7 @@
 with it: same head weights, the term in the card.
 
     python tools/fit_tone.py --model runs/default_model/best.safetensors \
-        [--config configs/default_model.yaml] [--mildest 2] [--lam 3e-4] [--temperature 3] \
+        [--config configs/default_model.yaml] [--mildest 2] [--lam 3e-4] [--temperature 3] [--gap 0] \
         [--out runs/default_model/best_tone.safetensors]
 
 It fits on every row of the config's ``data.dataset`` (the run's validation and test scenes
@@ -90,6 +90,8 @@ def fit() -> None:
     ap.add_argument("--mildest", type=int, default=2, help="versions per scene and type paired with the pristine image (0: all)")
     ap.add_argument("--lam", type=float, default=3e-4, help="L2 penalty on the standardised weights")
     ap.add_argument("--temperature", type=float, default=3.0, help="score points per unit of the logistic loss")
+    ap.add_argument("--gap", type=float, default=0.0,
+                    help="points by which each pristine image should lead its paired versions (0: the right order only)")
     ap.add_argument("--skip-types", default=",".join(sorted(COLOUR_ONLY)),
                     help="distortion types not paired with the pristine image (default: the colour-only ones, "
                          "so the saturation statistic does not mark a black-and-white photo as degraded; '' for none)")
@@ -104,8 +106,8 @@ def fit() -> None:
                          "scenes almost perfectly, so only scenes it never saw show what the term must correct")
     ap.add_argument("--out", type=Path, help="default: <model>_tone.safetensors beside the model")
     args = ap.parse_args()
-    if args.mildest < 0 or args.lam < 0 or args.temperature <= 0:
-        sys.exit("error: --mildest and --lam must be >= 0, --temperature > 0")
+    if args.mildest < 0 or args.lam < 0 or args.gap < 0 or args.temperature <= 0:
+        sys.exit("error: --mildest, --lam and --gap must be >= 0, --temperature > 0")
     entry = resolve_model(args.model)
     if entry.card.tone is not None:  # the head's own scores are what the fit reads, so a refit replaces it
         print(f"{args.model}: replacing its tone term")
@@ -119,14 +121,15 @@ def fit() -> None:
     scores = head_scores(net, entry.card, cfg, ds)
     stats = cached_statistics(args.stats_cache, ds, entry.card.input)
     statistics = [s for s in args.statistics.split(",") if s]
-    term = fit_tone_term(stats, scores, pairs, lam=args.lam, temperature=args.temperature, statistics=statistics)
+    term = fit_tone_term(stats, scores, pairs, lam=args.lam, temperature=args.temperature, statistics=statistics,
+                         gap=args.gap)
     with_term = scores + term.of_statistics(stats)
     print(f"fitted on {len(pairs)} (pristine, version) pairs of {len(ds)} images ({cfg.data.dataset}); "
           f"pairs ordered: {ordered_share(scores, pairs):.1%} without the term, {ordered_share(with_term, pairs):.1%} with it")
     print("weights per standardised statistic: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(term.statistics, term.weights)))
     out = args.out or entry.weights_path.with_name(entry.weights_path.stem + "_tone.safetensors")
     fit = {"dataset": str(cfg.data.dataset), "pairs": len(pairs), "mildest": args.mildest, "lam": args.lam,
-           "temperature": args.temperature, "skip_types": sorted(skip), "statistics": list(term.statistics), "pairs_from": args.pairs_from, "train_pairs_ordered_without": ordered_share(scores, pairs),
+           "temperature": args.temperature, "gap": args.gap, "skip_types": sorted(skip), "statistics": list(term.statistics), "pairs_from": args.pairs_from, "train_pairs_ordered_without": ordered_share(scores, pairs),
            "train_pairs_ordered_with": ordered_share(with_term, pairs)}
     card = save_model(net, replace(entry.card, tone=term, metrics={**entry.card.metrics, "tone_fit": fit}), out)
     print(f"wrote {out} (sha256 {card.weights_sha256[:16]}...)")

@@ -7,9 +7,9 @@ contrast-reduced photo. Where the darkest and brightest parts of the *whole* ima
 may carry a ``ToneTerm``: a linear function of ``STATISTICS`` computed once per image over all of
 its policy views, added to the image's raw score from its views (docs/default-model.md).
 
-``blockiness`` (JPEG's 8 x 8 grid, see ``_GridSteps``) is there for the top of the scale, where a
-photo and its mildly compressed version differ by less than the head can tell on scenes it
-never saw. A term may use any of the statistics; it names the ones it uses, so a card written
+``blockiness`` (JPEG's 8 x 8 grid, see ``_GridSteps``) and ``reblur`` (sharpness, see
+``_ReblurSums``) are there for the top of the scale, where a photo and its mildly compressed or
+blurred version differ by less than the head can tell on scenes it never saw. A term may use any of the statistics; it names the ones it uses, so a card written
 before a statistic was added keeps its meaning.
 
 The statistics are computed in numpy from the uint8 views (qfmiqm.data.policy.policy_views), so
@@ -27,11 +27,13 @@ import numpy as np
 from qfmiqm.data.colour import LUMA
 
 STATISTICS = ("luma_std", "p1", "p5", "p95", "p99", "luma_mean", "local_std_mean", "local_std_median",
-              "saturation", "blockiness")
+              "saturation", "blockiness", "reblur")
 #: the block size of JPEG's DCT grid, whose edges ``blockiness`` looks for
 BLOCK = 8
 #: window of the local standard deviation (pixels; odd, so that a window has a centre pixel)
 LOCAL_WINDOW = 7
+#: width of the box blur ``reblur`` compares the image with (pixels)
+REBLUR_BOX = 3
 #: histogram bins per grey level for the percentiles (0.25 grey-level resolution)
 BINS_PER_LEVEL = 4
 _N_BINS = 256 * BINS_PER_LEVEL
@@ -50,9 +52,11 @@ def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
     saturation = local_sum = 0.0
     local_count = 0
     grids: dict[int, _GridSteps] = {}  # view index -> its luma steps by grid phase
+    reblur = _ReblurSums()
     for view, top, planes, own in _strips(views):
         y = _luma(planes)
         grids.setdefault(view, _GridSteps()).add(y, top, own)
+        reblur.add(y, own)
         mine = y[:own]
         centre = float(mine.sum(dtype=np.float64)) / mine.size
         # luma lies in [0, 255] (white is 255.0 exactly): bins 0..1020, no clamp needed
@@ -75,7 +79,7 @@ def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
     pixels = np.array([v.shape[0] * v.shape[1] for v in views], dtype=np.float64)
     blockiness = float(np.dot(pixels, [grids[i].blockiness() for i in range(len(views))]) / pixels.sum())
     return np.array([np.sqrt(var), p1, p5, p95, p99, mean, local_mean, local_median, saturation / count,
-                     blockiness], dtype=np.float32)
+                     blockiness, reblur.share()], dtype=np.float32)
 
 
 class _GridSteps:
@@ -116,6 +120,53 @@ class _GridSteps:
             others = np.delete(means, strongest).mean()
             ratios.append(np.log((means[strongest] + 1.0) / (others + 1.0)))
         return float(np.mean(ratios)) if ratios else 0.0
+
+
+class _ReblurSums:
+    """How much of an image's luma edges survive a box blur of REBLUR_BOX pixels (after
+    Crete-Roffet, Dolmiere, Ladret & Nicolas, "The blur effect", SPIE 2007), across columns and
+    rows, pooled.
+
+    A step between neighbours x and x + 1 (|dF|) is compared with the step of the box-blurred
+    image there (|dB| = |F(x + 2) - F(x - 1)| / 3 for a box of 3); ``share()`` is
+    sum(|dF|^2 min(|dF|, |dB|)) / sum(|dF|^3): near 1 when blurring again changes nothing (the
+    image is already blurred), lower the sharper it is. Crete-Roffet weigh every step alike; the
+    |dF|^2 weight makes the strong edges count, which a blur widens, and not the small steps of
+    fine texture and noise (on 29 unseen photos at 512 px, a 0.7 px blur moves it 4.1 times its
+    spread between scenes, noise of sigma 6 0.1 times; unweighted: 2.5 and 0.6 times). Being a
+    ratio of the image's own steps, it tells a photo from its blurred version far better than
+    it tells two scenes apart. It saturates near 0.9 past a blur of about 2 px, where the 8-bit
+    steps left are rounding; heavy blur is the head's to rank. A flat image (no steps) gives 1."""
+
+    def __init__(self) -> None:
+        self.kept = self.total = 0.0
+
+    def add(self, y: np.ndarray, own: int) -> None:
+        """A strip's luma (rows, w) owning its first ``own`` rows: the steps whose window of
+        REBLUR_BOX + 1 pixels starts on an owned row (across columns: every window of those rows)."""
+        span = REBLUR_BOX + 1
+        self._count(y[:own], axis=1)
+        starts = min(own, y.shape[0] - span + 1)
+        if starts > 0:
+            self._count(y[:starts + span - 1], axis=0)
+
+    def _count(self, y: np.ndarray, axis: int) -> None:
+        n = y.shape[axis] - REBLUR_BOX
+        if n <= 0:
+            return
+        lead = REBLUR_BOX // 2  # the step from x to x + 1 sits after the box's first pixels
+
+        def cut(start: int, length: int) -> np.ndarray:
+            return y[(slice(None),) * axis + (slice(start, start + length),)]
+
+        step = np.abs(cut(lead + 1, n) - cut(lead, n))
+        blurred_step = np.abs(cut(REBLUR_BOX, n) - cut(0, n)) * (1.0 / REBLUR_BOX)
+        weight = np.square(step)
+        self.kept += float((np.minimum(step, blurred_step) * weight).sum(dtype=np.float64))
+        self.total += float((step * weight).sum(dtype=np.float64))
+
+    def share(self) -> float:
+        return self.kept / self.total if self.total > 0 else 1.0
 
 
 def _strips(views: Sequence[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray, int]]:

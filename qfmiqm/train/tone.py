@@ -2,7 +2,9 @@
 
 The head is frozen; only the tone term's weights are learnt, from pairs of one scene's pristine
 image and each of its distorted versions: a logistic pairwise loss on the margin the scores give
-the pristine image, ``softplus(-(head_p - head_d + w . (z_p - z_d)) / T)``, plus ``lam * |w|^2``.
+the pristine image, ``softplus(-(head_p - head_d + w . (z_p - z_d) - gap) / T)``, plus
+``lam * |w|^2``. ``gap`` asks the pristine image to lead each paired version by that many points,
+as the training's in-scene hinge does; 0 asks only for the right order.
 Pairs the head already orders by many points cost nothing, so the term learns to correct what
 the head cannot see (a global loss of contrast, docs/default-model.md) and, kept small by the L2
 penalty, leaves the rest of the ranking alone. The statistics are standardised on the training
@@ -74,12 +76,13 @@ def scene_pairs(ds: IQADataset, mildest: int | None = 2, skip_types: frozenset[s
 
 def fit_tone_term(stats: np.ndarray, head_scores: np.ndarray, pairs: np.ndarray, lam: float = 3e-4,
                   temperature: float = 3.0, max_iter: int = 200,
-                  statistics: Sequence[str] = STATISTICS) -> ToneTerm:
+                  statistics: Sequence[str] = STATISTICS, gap: float = 0.0) -> ToneTerm:
     """The tone term minimising the pairwise loss of the module docstring (LBFGS, float64).
 
     ``stats``: (N, len(STATISTICS)); ``head_scores``: (N,) the frozen model's scores on the
     0-100 scale (the term is in the same points); ``pairs``: (P, 2) (better, worse) indices;
-    ``statistics``: the names of the statistics the term uses (default all).
+    ``statistics``: the names of the statistics the term uses (default all); ``gap``: the points
+    by which the better image of a pair should lead (module docstring).
     """
     if stats.shape != (len(head_scores), len(STATISTICS)):
         raise ValueError(f"stats must be ({len(head_scores)}, {len(STATISTICS)}), got {stats.shape}")
@@ -93,7 +96,7 @@ def fit_tone_term(stats: np.ndarray, head_scores: np.ndarray, pairs: np.ndarray,
     z = torch.from_numpy((stats - mean) / scale)
     dz = z[pairs[:, 0]] - z[pairs[:, 1]]
     head = torch.as_tensor(head_scores, dtype=torch.float64)
-    margin = head[pairs[:, 0]] - head[pairs[:, 1]]
+    margin = head[pairs[:, 0]] - head[pairs[:, 1]] - gap
     w = torch.zeros(len(statistics), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
 
