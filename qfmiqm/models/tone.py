@@ -9,8 +9,9 @@ its policy views, added to the image's raw score from its views (docs/default-mo
 
 ``blockiness`` (JPEG's 8 x 8 grid, see ``_GridSteps``) and ``reblur`` (sharpness, see
 ``_ReblurSums``) are there for the top of the scale, where a photo and its mildly compressed or
-blurred version differ by less than the head can tell on scenes it never saw. A term may use any of the statistics; it names the ones it uses, so a card written
-before a statistic was added keeps its meaning.
+blurred version differ by less than the head can tell on scenes it never saw. A term may use any
+of the statistics; it names the ones it uses, so a card written before a statistic was added
+keeps its meaning.
 
 The statistics are computed in numpy from the uint8 views (qfmiqm.data.policy.policy_views), so
 scoring with ONNX Runtime needs no torch, and training (tools/fit_tone.py) sees the same numbers.
@@ -155,12 +156,8 @@ class _ReblurSums:
         if n <= 0:
             return
         lead = REBLUR_BOX // 2  # the step from x to x + 1 sits after the box's first pixels
-
-        def cut(start: int, length: int) -> np.ndarray:
-            return y[(slice(None),) * axis + (slice(start, start + length),)]
-
-        step = np.abs(cut(lead + 1, n) - cut(lead, n))
-        blurred_step = np.abs(cut(REBLUR_BOX, n) - cut(0, n)) * (1.0 / REBLUR_BOX)
+        step = np.abs(_along(y, axis, lead + 1, n) - _along(y, axis, lead, n))
+        blurred_step = np.abs(_along(y, axis, REBLUR_BOX, n) - _along(y, axis, 0, n)) * (1.0 / REBLUR_BOX)
         weight = np.square(step)
         self.kept += float((np.minimum(step, blurred_step) * weight).sum(dtype=np.float64))
         self.total += float((step * weight).sum(dtype=np.float64))
@@ -234,23 +231,24 @@ def _window_sums(a: np.ndarray, axis: int) -> np.ndarray:
     sums of 1, 2, 4, ... elements (the binary digits of the window): 4 array additions for a
     window of 7, not 6."""
     n = a.shape[axis] - LOCAL_WINDOW + 1
-
-    def part(x: np.ndarray, start: int, length: int) -> np.ndarray:
-        return x[(slice(None),) * axis + (slice(start, start + length),)]
-
     pieces, offset, run, width = [], 0, a, 1
     while width <= LOCAL_WINDOW:
         if LOCAL_WINDOW & width:
-            pieces.append(part(run, offset, n))
+            pieces.append(_along(run, axis, offset, n))
             offset += width
         if 2 * width <= LOCAL_WINDOW:
             m = run.shape[axis] - width
-            run = part(run, 0, m) + part(run, width, m)  # sums of 2 * width elements
+            run = _along(run, axis, 0, m) + _along(run, axis, width, m)  # sums of 2 * width elements
         width *= 2
     total = pieces[0] + pieces[1] if len(pieces) > 1 else pieces[0].copy()
     for piece in pieces[2:]:
         total += piece
     return total
+
+
+def _along(a: np.ndarray, axis: int, start: int, length: int) -> np.ndarray:
+    """``a``'s elements ``start`` .. ``start + length - 1`` along ``axis`` (a view)."""
+    return a[(slice(None),) * axis + (slice(start, start + length),)]
 
 
 def _percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
