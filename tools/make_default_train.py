@@ -1,10 +1,12 @@
 """Write the default model's training list: every row of the synthetic set, the pristine rows
 of an extra set of pristine crops (more examples of undistorted content, label 100), every row
-of any further sets (e.g. more crops at the mildest levels) and, from ``--reductions`` sets, the
+of any further sets (e.g. the same photos at another scale), the pristine rows of
+``--pristine-more`` sets and, from ``--reductions`` sets, the
 pristine rows plus only the distorted rows whose contrast is lower than their reference's.
 
     python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train.csv \
-        [datasets/synth_mild12 ...] [--reductions datasets/synth_contrast ...] [--drop-contrast-raises]
+        [datasets/synth_s512 ...] [--pristine-more datasets/synth_pristine512 ...]
+        [--reductions datasets/synth_contrast ...] [--drop-contrast-raises]
 
 ``--reductions`` is meant for a ``qfmiqm synth --types contrast_change`` set: the synthetic
 contrast change raises contrast (with clipping) or lowers it by a seeded coin flip, and the
@@ -67,12 +69,14 @@ def main() -> None:
     ap.add_argument("pristine", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("more", type=Path, nargs="*", help="sets whose every row is added")
+    ap.add_argument("--pristine-more", type=Path, nargs="+", default=[],
+                    help="sets whose pristine rows only are added (more pristine crops, e.g. at another scale)")
     ap.add_argument("--reductions", type=Path, nargs="+", default=[],
                     help="sets whose pristine rows and contrast-lowering rows are added")
     ap.add_argument("--drop-contrast-raises", action="store_true",
                     help="leave out the contrast_change rows of the other sets that raise contrast")
     args = ap.parse_args()
-    for folder in [args.synth, args.pristine, *args.more, *args.reductions]:
+    for folder in [args.synth, args.pristine, *args.more, *args.pristine_more, *args.reductions]:
         if not (folder / "labels.csv").is_file():
             ap.error(f"{folder}: no labels.csv (make the set with qfmiqm synth)")
     root = args.out.parent
@@ -82,6 +86,8 @@ def main() -> None:
     w.writerows(rows(args.synth, root, "all", args.drop_contrast_raises) + rows(args.pristine, root, "pristine"))
     for folder in args.more:
         w.writerows(rows(folder, root, "all", args.drop_contrast_raises))
+    for folder in args.pristine_more:
+        w.writerows(rows(folder, root, "pristine"))
     for folder in args.reductions:
         w.writerows(rows(folder, root, "reductions"))
     write_text_atomic(args.out, buf.getvalue())
