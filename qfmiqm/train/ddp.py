@@ -6,6 +6,7 @@ metrics are computed from predictions gathered from every rank.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +46,14 @@ def init(info: DistInfo, device: torch.device) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group and free it now, while the interpreter is fully alive."""
     if dist.is_initialized():
+        # a trainer's DDP wrapper (held in reference cycles) keeps the Gloo group alive; freed
+        # only at interpreter exit, its transport thread aborted the process after a finished
+        # run ("terminate called without an active exception"), so collect it here
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def barrier() -> None:
