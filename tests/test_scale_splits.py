@@ -32,6 +32,7 @@ def test_every_scale_of_a_photo_on_one_side(load_tool):
     keys, content, types = (list(c) for c in zip(*rows))
     protocol = SplitProtocol(n=2, test_fraction=0.1, val_fraction=0.1, seed=3)
     splits = tool.scale_splits(keys, content, types, ["small", "small_pristine/"], protocol, "ms")
+    assert splits.grouped_by == "photo"  # what the run's log and model card say of the split
     base = [i for i, k in enumerate(keys) if not k.startswith("small")]
     alone = make_splits(len(base), [content[i] for i in base], protocol, "ms", [keys[i] for i in base])
     for split, drawn in zip(splits.splits, alone.splits):

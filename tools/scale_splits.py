@@ -53,7 +53,7 @@ def scale_splits(keys: list[str], content: list[str], types: list[str], extra: l
             s = side[i] if i in side else scene_side.get(photo_of(content[i]), "train")
             members[s].append(i)
         out.append(Split(split.index, split.seed, *(tuple(members[s]) for s in SIDES)))
-    return SplitSet(name, protocol, "content", tuple(keys), tuple(out))
+    return SplitSet(name, protocol, "photo", tuple(keys), tuple(out))
 
 
 def main() -> None:
