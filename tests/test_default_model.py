@@ -106,3 +106,35 @@ def test_greyscale_and_muted_photos_are_not_scored_as_degraded(default_model, he
         colour, grey_score, muted_score = default_model.score([photo, grey, muted])
         assert grey_score >= 50 and abs(colour - grey_score) <= 15, f"{name}: colour {colour:.1f}, grey {grey_score:.1f}"
         assert muted_score >= 50 and abs(colour - muted_score) <= 15, f"{name}: colour {colour:.1f}, muted {muted_score:.1f}"
+
+
+def _recipe_fit_arguments() -> dict[str, str]:
+    """The options of the tools/fit_tone.py command in tools/build_default_model.sh."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "tools" / "build_default_model.sh").read_text()
+    command = script[script.index("python tools/fit_tone.py"):].split("\n# ")[0].replace("\\\n", " ")
+    return dict(re.findall(r"--([a-z-]+) (\S+)", command))
+
+
+def test_the_recipe_rebuilds_the_shipped_model_from_the_same_list_and_term_settings():
+    """configs/default_model.yaml and tools/build_default_model.sh describe the embedded model: the
+    same training list and split file, and the term fitted as the card says it was (a recipe that
+    trained on another file went unnoticed once)."""
+    from pathlib import Path
+
+    from qfmiqm.train.schema import load_train_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_train_config(str(root / "configs" / "default_model.yaml"))
+    card = zoo_entries()["default"].card
+    assert card.training_data.startswith(Path(cfg.data.dataset).stem + " "), card.training_data
+    assert cfg.data.split_file and card.metrics["epoch"] <= cfg.optim.epochs
+    fit = card.metrics["tone_fit"]
+    assert fit["dataset"] == cfg.data.dataset
+    args = _recipe_fit_arguments()
+    assert args["statistics"].split(",") == fit["statistics"] == list(card.tone.statistics)
+    assert (int(args["mildest"]), float(args["gap"]), float(args["lam"]), float(args["temperature"])) == \
+        (fit["mildest"], fit["gap"], fit["lam"], fit["temperature"])
+    assert args["pairs-from"] == fit["pairs_from"]
