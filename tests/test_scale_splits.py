@@ -100,3 +100,15 @@ def test_pristine_more_adds_only_pristine_rows(tmp_path, load_tool, monkeypatch)
     tail = [r for r in written if r["path"].startswith("pristine512/")]
     assert len(tail) == 6 and all(r["type"] == "pristine" for r in tail)
     assert written[-6:] == tail  # after the other sets, so the first sets keep their row order
+
+
+def test_a_missing_list_is_one_line_naming_it(tmp_path, load_tool, monkeypatch, capsys):
+    import pytest
+
+    missing = tmp_path / "nope.csv"
+    monkeypatch.setattr(sys, "argv", ["scale_splits.py", str(missing), str(tmp_path / "s.json"), "--extra", "small"])
+    with pytest.raises(SystemExit) as stop:
+        load_tool("scale_splits").main()
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and str(missing) in message and "\n" not in message
+    assert not (tmp_path / "s.json").exists()

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from qfmiqm.data.datasets import load as load_dataset
-from qfmiqm.data.splits import SplitSet, Split, make_splits, save_splits, SplitProtocol
+from qfmiqm.data.splits import Split, SplitProtocol, SplitSet, make_splits, save_splits
+from qfmiqm.errors import QfmiqmError
 from qfmiqm.train.schema import load_train_config
 
 SIDES = ("train", "val", "test")
@@ -57,6 +58,13 @@ def scale_splits(keys: list[str], content: list[str], types: list[str], extra: l
 
 
 def main() -> None:
+    try:
+        write()
+    except QfmiqmError as exc:  # a missing list or config: one line, as fit_tone.py says it
+        sys.exit(f"error: {exc}")
+
+
+def write() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", type=Path)
     ap.add_argument("out", type=Path)
