@@ -233,6 +233,45 @@ def test_reblur_rises_with_blur_and_hardly_moves_with_noise(coffee):
     assert abs(_stats([noisy])["reblur"] - levels[0]) < 0.2 * (levels[1] - levels[0])
     assert _stats([np.full((16, 16, 3), 90, np.uint8)])["reblur"] == 1.0  # no steps: nothing to lose
 
+def _noise_oracle(views: list[np.ndarray]) -> float:
+    """Direct: |y convolved with [1 -2 1]^T [1 -2 1]| (scipy) over every 3 x 3 window inside each
+    view, pooled; the median, rounded to the histogram's quarter-level bin centre as the
+    statistic reports it, over 6 x 0.6745."""
+    kernel = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0])
+    responses = []
+    for v in views:
+        y = (v.astype(np.float32) @ LUMA.astype(np.float32)).astype(np.float64)
+        responses.append(np.abs(ndimage.correlate(y, kernel, mode="constant")[1:-1, 1:-1]).ravel())
+    r = np.sort(np.concatenate(responses))
+    median = r[int(np.ceil(0.5 * r.size)) - 1]  # the first value whose cumulative share reaches 1/2
+    return (np.floor(median * 4) + 0.5) / 4 / (6 * 0.6745)
+
+
+def test_noise_matches_a_direct_computation_over_strips_and_views(coffee, monkeypatch):
+    from qfmiqm.models import tone
+
+    views = [coffee[:, :250], coffee[3:300, 250:], np.ascontiguousarray(coffee.transpose(1, 0, 2))]
+    expected = _noise_oracle(views)
+    for strip_pixels in (1 << 30, tone._STRIP_PIXELS, 1):
+        monkeypatch.setattr(tone, "_STRIP_PIXELS", strip_pixels)
+        assert _stats(views)["noise"] == pytest.approx(expected, abs=0.05), strip_pixels
+
+
+def test_noise_estimates_the_std_of_added_noise_and_hardly_moves_with_blur(coffee):
+    """On a flat grey image it reads the std of the white noise added; on a real photo it rises
+    with each noise level of the peers benchmark, and a blur (which removes noise) lowers it."""
+    rng = np.random.default_rng(0)
+    for sigma in (3, 6, 12, 25):
+        grey = np.clip(120 + rng.normal(0, sigma, (200, 300, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
+        assert _stats([grey])["noise"] == pytest.approx(sigma, rel=0.05), sigma
+    assert _stats([np.full((16, 16, 3), 90, np.uint8)])["noise"] < 0.05
+    noisy = [np.clip(coffee + rng.normal(0, s, coffee.shape), 0, 255).astype(np.uint8) for s in (6, 10, 18)]
+    levels = [_stats([coffee])["noise"]] + [_stats([n])["noise"] for n in noisy]
+    assert np.all(np.diff(levels) > 1.0), levels
+    blurred = np.clip(ndimage.gaussian_filter(coffee.astype(np.float32), (0.7, 0.7, 0)) + 0.5, 0, 255).astype(np.uint8)
+    assert _stats([blurred])["noise"] <= levels[0]
+
+
 def test_statistics_refuse_what_is_not_an_image():
     with pytest.raises(ValueError, match="at least one view"):
         tone_statistics([])

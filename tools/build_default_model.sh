@@ -7,8 +7,8 @@
 # qfmiqm/models/zoo/. Needs the project installed (pip install -e ".[bench]" for the BRISQUE
 # column), `pip install scikit-learn` for its 2 sample photos (not a dependency of qfmiqm), apt-get
 # download access for the Debian photo packages and, for 12 more photos,
-# `apt-get install mate-backgrounds`. About 90 minutes on a 2-core CPU: synth 35 min, feature
-# caching 15 min, 20 epochs on both scales 11 min, the image statistics 10 min, evaluation 15 min.
+# `apt-get install mate-backgrounds`. About 100 minutes on a 2-core CPU: synth 40 min, feature
+# caching 20 min, 20 epochs on the three scales 16 min, the image statistics 15 min, evaluation 15 min.
 # The first default model (5 crops, proxy labels) is configs/default_model_v1.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,29 +17,35 @@ python tools/collect_photos.py --out datasets/pristine
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 10 \
   --seed 7 --types white_noise --levels 1
-# the same photos at a second scale (longer side 512, as a phone photo is often scored), with 4 more
-# pristine crops each; every scale of a photo lands on one side of the split (tools/scale_splits.py)
+# the same photos at two more scales (longer side 512, as a phone photo is often scored, and 768),
+# with 4 more pristine crops each; every scale of a photo lands on one side of the split
+# (tools/scale_splits.py)
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_s512 --max-side 512 --size 288 --crops 1 --seed 2
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine512 --max-side 512 --size 288 --crops 4 \
   --seed 8 --types white_noise --levels 1
-python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train_ms_all.csv \
-  datasets/synth_s512 --pristine-more datasets/synth_pristine512
-python tools/anchor_labels.py datasets/default_train_ms_all.csv datasets/default_train_ms_anchored_sat.csv \
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_s768 --max-side 768 --size 288 --crops 1 --seed 4
+qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine768 --max-side 768 --size 288 --crops 4 \
+  --seed 9 --types white_noise --levels 1
+python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train_3s_all.csv \
+  datasets/synth_s512 datasets/synth_s768 --pristine-more datasets/synth_pristine512 datasets/synth_pristine768
+python tools/anchor_labels.py datasets/default_train_3s_all.csv datasets/default_train_3s_anchored_sat.csv \
   --colour-types $COLOUR
-python tools/scale_splits.py datasets/default_train_ms_anchored_sat.csv datasets/default_train_ms_splits.json \
-  --extra synth_s512 --extra synth_pristine512 --config configs/default_model.yaml
+python tools/scale_splits.py datasets/default_train_3s_anchored_sat.csv datasets/default_train_3s_splits.json \
+  --extra synth_s512 --extra synth_pristine512 --extra synth_s768 --extra synth_pristine768 \
+  --config configs/default_model.yaml
 qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1 \
   --types kadid
 python tools/anchor_labels.py datasets/synth_heldout/labels.csv datasets/synth_heldout/labels_anchored_sat.csv \
   --colour-types $COLOUR
 qfmiqm train --config configs/default_model.yaml "$@"
-# the image-level term (tone statistics, JPEG blockiness and reblur, not saturation), fitted with the
-# head frozen on the scenes the head never trained on, each pristine image asked to lead its mildest
-# version by 4 points (docs/default-model.md, "v4: two scales")
+# the image-level term (tone statistics, JPEG blockiness, reblur and the noise level, not saturation),
+# fitted with the head frozen on the scenes the head never trained on, each pristine image asked to
+# lead its three mildest versions of each type by 16 points (docs/default-model.md, "v5: three scales
+# and the noise level")
 python tools/fit_tone.py --model runs/default_model/best.safetensors --config configs/default_model.yaml \
   --pairs-from unseen \
-  --statistics luma_std,p1,p5,p95,p99,luma_mean,local_std_mean,local_std_median,blockiness,reblur \
-  --mildest 1 --lam 1e-3 --temperature 3 --gap 4 --out runs/default_model/best_tone.safetensors
+  --statistics luma_std,p1,p5,p95,p99,luma_mean,local_std_mean,local_std_median,blockiness,reblur,noise \
+  --mildest 3 --lam 1e-3 --temperature 3 --gap 16 --out runs/default_model/best_tone.safetensors
 # the card's figures: the 7 photos held out since the first default model (test photos, CARD_HELD_OUT
 # in tools/collect_photos.py), human-anchored labels, and the peers table on the same 7 photos
 TEST7=$(python -c "from tools.collect_photos import CARD_HELD_OUT; print(' '.join(sorted(CARD_HELD_OUT)))")

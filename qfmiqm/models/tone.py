@@ -7,8 +7,9 @@ contrast-reduced photo. Where the darkest and brightest parts of the *whole* ima
 may carry a ``ToneTerm``: a linear function of ``STATISTICS`` computed once per image over all of
 its policy views, added to the image's raw score from its views (docs/default-model.md).
 
-``blockiness`` (JPEG's 8 x 8 grid, see ``_GridSteps``) and ``reblur`` (sharpness, see
-``_ReblurSums``) are there for the top of the scale, where a photo and its mildly compressed or
+``blockiness`` (JPEG's 8 x 8 grid, see ``_GridSteps``), ``reblur`` (sharpness, see
+``_ReblurSums``) and ``noise`` (the noise level, see ``_noise_responses``) are there for the top of
+the scale, where a photo and its mildly compressed or
 blurred version differ by less than the head can tell on scenes it never saw. A term may use any
 of the statistics; it names the ones it uses, so a card written before a statistic was added
 keeps its meaning.
@@ -28,13 +29,16 @@ import numpy as np
 from qfmiqm.data.colour import LUMA
 
 STATISTICS = ("luma_std", "p1", "p5", "p95", "p99", "luma_mean", "local_std_mean", "local_std_median",
-              "saturation", "blockiness", "reblur")
+              "saturation", "blockiness", "reblur", "noise")
 #: the block size of JPEG's DCT grid, whose edges ``blockiness`` looks for
 BLOCK = 8
 #: window of the local standard deviation (pixels; odd, so that a window has a centre pixel)
 LOCAL_WINDOW = 7
 #: width of the box blur ``reblur`` compares the image with (pixels)
 REBLUR_BOX = 3
+#: |response| of the 3 x 3 kernel [1 -2 1]^T [1 -2 1] to white noise of std s has median
+#: s * 6 * 0.6745 (the kernel's L2 norm is 6; 0.6745 is the median of |N(0, 1)|)
+NOISE_MEDIAN_PER_SIGMA = 6 * 0.6745
 #: histogram bins per grey level for the percentiles (0.25 grey-level resolution)
 BINS_PER_LEVEL = 4
 _N_BINS = 256 * BINS_PER_LEVEL
@@ -49,6 +53,7 @@ def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
     if len(views) == 0:
         raise ValueError("tone statistics need at least one view")
     hist, local_hist = np.zeros(_N_BINS, dtype=np.intp), np.zeros(_N_BINS, dtype=np.intp)
+    noise_hist = np.zeros(_N_BINS, dtype=np.intp)
     parts = []  # (pixels, mean, sum of squared deviations from that mean) of each strip
     saturation = local_sum = 0.0
     local_count = 0
@@ -58,6 +63,7 @@ def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
         y = _luma(planes)
         grids.setdefault(view, _GridSteps()).add(y, top, own)
         reblur.add(y, own)
+        noise_hist += _noise_responses(y, own)
         mine = y[:own]
         centre = float(mine.sum(dtype=np.float64)) / mine.size
         # luma lies in [0, 255] (white is 255.0 exactly): bins 0..1020, no clamp needed
@@ -77,10 +83,11 @@ def tone_statistics(views: Sequence[np.ndarray]) -> np.ndarray:
     p1, p5, p95, p99 = _percentiles(hist, (1, 5, 95, 99))
     (local_median,) = _percentiles(local_hist, (50,))
     local_mean = local_sum / local_count / LOCAL_WINDOW ** 2
+    (noise_median,) = _percentiles(noise_hist, (50,)) if noise_hist.any() else (0.0,)
     pixels = np.array([v.shape[0] * v.shape[1] for v in views], dtype=np.float64)
     blockiness = float(np.dot(pixels, [grids[i].blockiness() for i in range(len(views))]) / pixels.sum())
     return np.array([np.sqrt(var), p1, p5, p95, p99, mean, local_mean, local_median, saturation / count,
-                     blockiness, reblur.share()], dtype=np.float32)
+                     blockiness, reblur.share(), noise_median / NOISE_MEDIAN_PER_SIGMA], dtype=np.float32)
 
 
 class _GridSteps:
@@ -164,6 +171,28 @@ class _ReblurSums:
 
     def share(self) -> float:
         return self.kept / self.total if self.total > 0 else 1.0
+
+
+def _noise_responses(y: np.ndarray, own: int) -> np.ndarray:
+    """Histogram (``_N_BINS`` bins of 1 / BINS_PER_LEVEL) of |y * K| for K = [1 -2 1]^T [1 -2 1]
+    over the 3 x 3 windows of a strip's luma (rows, w) whose top row it owns.
+
+    K cancels any plane and most of a smooth surface, so over a photo's many smooth windows its
+    response is mostly noise; its median, divided by NOISE_MEDIAN_PER_SIGMA, estimates the std of
+    white noise (Immerkaer, "Fast noise variance estimation", 1996, who takes the mean; the
+    median is Donoho's robust form, which edges and texture move far less). The term needs it:
+    without it, the weight that makes a mildly blurred photo score below the original also lifts
+    a noisy one, whose steps survive a blur badly too. Responses past 255.75 share the last bin.
+    """
+    starts = min(own, y.shape[0] - 2)
+    if starts <= 0 or y.shape[1] < 3:
+        return np.zeros(_N_BINS, dtype=np.intp)
+    rows = y[:starts + 2]
+    across = rows[:, :-2] + rows[:, 2:] - 2.0 * rows[:, 1:-1]
+    response = np.abs(across[:-2] + across[2:] - 2.0 * across[1:-1])
+    response *= BINS_PER_LEVEL
+    np.minimum(response, _N_BINS - 1, out=response)
+    return np.bincount(response.astype(np.intp).ravel(), minlength=_N_BINS)
 
 
 def _strips(views: Sequence[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray, int]]:
