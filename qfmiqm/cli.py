@@ -359,6 +359,7 @@ def synth_cmd(
     fmt: str = typer.Option(_synth_defaults.DEFAULT_FORMAT, "--format", help=f"Distorted image format: {', '.join(_synth_defaults.FORMAT_NAMES)} (references are always PNG)."),
     size: Optional[int] = typer.Option(None, "--size", help="Cut square crops of this side in pixels (default: whole images)."),
     crops: int = typer.Option(_synth_defaults.DEFAULT_CROPS, "--crops", help="Crops per source: 1 = centre crop, more = random positions (needs --size)."),
+    crop_position: str = typer.Option("centre", "--crop-position", help="With one crop: 'centre' or 'random' (a seeded position, as several crops get)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="First downscale sources whose longer side exceeds this many pixels."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take --src images from subfolders too."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=0, help="Worker processes (default: one per CPU core; 0 = none)."),
@@ -380,7 +381,8 @@ def synth_cmd(
         if out is None:
             raise UsageError("--out DIR is required (the folder to write the set into)")
         options = _synth.SynthOptions(types=_synth.parse_types(types), levels=_synth.parse_levels(levels),
-                                      seed=seed, fmt=fmt.lower(), size=size, crops=crops, max_side=max_side)
+                                      seed=seed, fmt=fmt.lower(), size=size, crops=crops, max_side=max_side,
+                                      crop_position=crop_position)
         report = _synth.synthesize(out, src, options, recursive=recursive, workers=workers,
                                    progress=progress and sys.stderr.isatty(),
                                    on_error=lambda label, reason: _err(f"error: {label}: {reason}"))

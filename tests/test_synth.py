@@ -121,6 +121,14 @@ def test_parsers_and_crop_boxes():
     assert crop_boxes(30, 200, 50, 1, np.random.default_rng(0)) == [(0, 75, 30, 50)]
 
 
+def test_one_crop_at_a_random_position_is_seeded_and_mostly_off_centre():
+    centre = (25, 75, 50, 50)
+    boxes = [crop_boxes(100, 200, 50, 1, np.random.default_rng(seed), "random")[0] for seed in range(20)]
+    assert boxes[3] == crop_boxes(100, 200, 50, 1, np.random.default_rng(3), "random")[0]
+    assert all(0 <= t <= 50 and 0 <= le <= 150 and (h, w) == (50, 50) for t, le, h, w in boxes)
+    assert sum(b != centre for b in boxes) >= 18 and len(set(boxes)) >= 15
+
+
 # --- the generator -------------------------------------------------------------------------
 
 def _labels(out: Path) -> list[dict]:
@@ -162,6 +170,18 @@ def test_labels_load_as_a_synthetic_user_dataset(src_dir, tmp_path):
     table = read_table(out / LABELS_NAME)
     assert table.content is not None and len(table.paths) == 4
     assert set(table.content) == {"reference/chelsea.png", "reference/rocket.png"}
+
+
+def test_one_random_crop_keeps_the_photo_name_and_moves_the_crop(src_dir, tmp_path):
+    centre, shifted = tmp_path / "centre", tmp_path / "random"
+    synthesize(centre, src_dir, _options(types=("jpeg",), levels=(2,), crops=1), workers=0)
+    synthesize(shifted, src_dir, _options(types=("jpeg",), levels=(2,), crops=1, crop_position="random"), workers=0)
+    names = sorted(p.name for p in (shifted / "reference").iterdir())
+    assert names == sorted(p.name for p in (centre / "reference").iterdir()) == ["chelsea.png", "rocket.png"]
+    for name in names:
+        a = np.asarray(Image.open(centre / "reference" / name))
+        b = np.asarray(Image.open(shifted / "reference" / name))
+        assert a.shape == b.shape == (48, 48, 3) and not np.array_equal(a, b)
 
 
 def test_rerun_is_a_no_op(src_dir, tmp_path):
@@ -277,6 +297,8 @@ def test_cli_reports_a_bad_source_and_goes_on(src_dir, tmp_path):
     (["--types", "nope"], "unknown distortion type"),
     (["--levels", "9"], "--levels"),
     (["--crops", "3"], "--crops above 1 needs --size"),
+    (["--crop-position", "random"], "--crop-position random needs --size"),
+    (["--crop-position", "left", "--size", "32"], "--crop-position must be one of centre, random"),
     (["--format", "gif"], "unknown output format"),
     (["--size", "4"], "--size must be at least 16"),
 ])

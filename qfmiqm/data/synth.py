@@ -209,6 +209,10 @@ def _rgb_uint8(img: np.ndarray) -> np.ndarray:
 
 # --- options and sources -------------------------------------------------------------------
 
+#: where a single crop may sit (``--crop-position``)
+CROP_POSITIONS = ("centre", "random")
+
+
 @dataclass(frozen=True)
 class SynthOptions:
     """What to generate. ``size`` None keeps whole images; ``max_side`` None keeps full resolution."""
@@ -220,6 +224,8 @@ class SynthOptions:
     size: Optional[int] = None
     crops: int = DEFAULT_CROPS
     max_side: Optional[int] = None
+    #: where a single crop sits: "centre", or "random" (seeded like several crops)
+    crop_position: str = "centre"
 
     def __post_init__(self) -> None:
         for name in self.types:
@@ -239,6 +245,10 @@ class SynthOptions:
             raise UsageError(f"--crops must be at least 1, got {self.crops}")
         if self.crops > 1 and self.size is None:
             raise UsageError("--crops above 1 needs --size (the side of each crop)")
+        if self.crop_position not in CROP_POSITIONS:
+            raise UsageError(f"--crop-position must be one of {', '.join(CROP_POSITIONS)}, not {self.crop_position!r}")
+        if self.crop_position == "random" and self.size is None:
+            raise UsageError("--crop-position random needs --size (the side of each crop)")
 
 
 def parse_levels(spec: str | int) -> tuple[int, ...]:
@@ -350,13 +360,14 @@ def _rng(seed: int, *keys: str) -> np.random.Generator:
 
 
 def crop_boxes(height: int, width: int, size: Optional[int], crops: int,
-               rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
-    """(top, left, h, w) of each crop: the whole image without ``size``, the centre for one crop,
-    uniformly random positions for several. Sides shorter than ``size`` are kept whole."""
+               rng: np.random.Generator, position: str = "centre") -> list[tuple[int, int, int, int]]:
+    """(top, left, h, w) of each crop: the whole image without ``size``, the centre for one crop
+    (unless ``position`` is "random"), uniformly random positions for several. Sides shorter than
+    ``size`` are kept whole."""
     if size is None:
         return [(0, 0, height, width)]
     h, w = min(size, height), min(size, width)
-    if crops == 1:
+    if crops == 1 and position == "centre":
         return [((height - h) // 2, (width - w) // 2, h, w)]
     return [(int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
             for _ in range(crops)]
@@ -458,7 +469,8 @@ def _write_labels(file: Path, rows: Iterable[dict]) -> None:
 
 def _manifest(options: SynthOptions, source_spec: str) -> dict:
     return {"version": SYNTH_VERSION, "sources": source_spec, "seed": options.seed, "format": options.fmt,
-            "size": options.size, "crops": options.crops, "max_side": options.max_side}
+            "size": options.size, "crops": options.crops, "max_side": options.max_side,
+            **({"crop_position": options.crop_position} if options.crop_position != "centre" else {})}
 
 
 def _check_manifest(out: Path, manifest: dict) -> None:
@@ -632,7 +644,8 @@ def _jobs(out: Path, sources: Sequence[Source], options: SynthOptions, known: di
             fail(src.label, str(exc))
             advance(options.crops * len(options.types) * len(options.levels))
             continue
-        boxes = crop_boxes(img.shape[0], img.shape[1], options.size, options.crops, _rng(options.seed, src.name))
+        boxes = crop_boxes(img.shape[0], img.shape[1], options.size, options.crops, _rng(options.seed, src.name),
+                           options.crop_position)
         for i, (top, left, h, w) in enumerate(boxes):
             ref_name = src.name if options.crops == 1 else f"{src.name}_c{i:02d}"
             crop = np.ascontiguousarray(img[top:top + h, left:left + w])
