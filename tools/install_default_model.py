@@ -22,7 +22,8 @@ LIMITS = (
     "not on photos rated by people one by one",
     "authentic camera defects (noise in low light, focus, exposure) are only covered as far as the "
     "synthetic types resemble them",
-    "aesthetics and content are not judged: a sharp, clean photo of anything scores high",
+    "aesthetics are not judged: a sharp, clean photo of a kind of scene the training photos have (landscapes, "
+    "animals, buildings, objects) scores high, whatever its subject",
     "the mildest blur (Gaussian sigma about 0.7-0.8 px) and JPEG quality 50 can score above the untouched "
     "photo, by 0.1 to 35 points, most where the original already scores low for its dense detail (30 of 40 "
     "validation photos and 3 of the 7 test photos put the original above the 0.7 px blur); stronger blur "
