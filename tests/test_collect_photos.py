@@ -40,3 +40,11 @@ def test_added_validation_photos_are_held_out_and_the_test_set_is_unchanged(load
     names = [name for _, _, name, _ in tool.WHEEL_PHOTOS]
     assert len(names) == len(set(names))
     assert all("==" in spec for spec, *_ in tool.WHEEL_PHOTOS)  # pinned, so a rebuild gets the same photos
+
+
+def test_print_lists_the_validation_and_test_photos(load_tool):
+    tool = load_tool("collect_photos")
+    validation, test = tool.held_out_names("validation"), tool.held_out_names("test")
+    assert len(validation) == 40 and len(test) == 7 and not set(validation) & set(test)
+    assert sorted(validation + test) == tool.held_out_names("heldout")
+    assert "ultralytics_bus" in validation and "china" in test

@@ -366,10 +366,24 @@ def _gimp_help(tmp: Path) -> list[Photo]:
              "GFDL-1.2+ (gimp-help copyright)")] if root else []
 
 
+def held_out_names(which: str) -> list[str]:
+    """Sorted names of the "test" photos (CARD_HELD_OUT), the "validation" photos (the rest of
+    HELD_OUT) or all "heldout" ones."""
+    chosen = {"test": set(CARD_HELD_OUT), "validation": HELD_OUT - set(CARD_HELD_OUT), "heldout": HELD_OUT}[which]
+    return sorted(chosen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out", type=Path, help="folder to gather the photos into (train/, heldout/, sources.csv)")
+    parser.add_argument("--print", dest="print_set", choices=("validation", "test", "heldout"),
+                        help="print that set's photo names, comma-separated (for benchmarks/peers.py --names), and exit")
     args = parser.parse_args()
+    if args.print_set:
+        print(",".join(held_out_names(args.print_set)))
+        return
+    if args.out is None:
+        parser.error("--out is required (or --print)")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(tmp) + _wheels(tmp)
