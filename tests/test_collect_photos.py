@@ -60,6 +60,10 @@ def test_everyday_photos_go_to_training_under_unique_names(load_tool):
     assert len(set(names)) == len(names)
     assert len(tool.EVERYDAY_ADDED) == 28
     assert not tool.EVERYDAY_ADDED & tool.HELD_OUT
+    assert {tool.split_of(name) for name in tool.EVERYDAY_ADDED} == {"everyday"}
+    assert tool.split_of("facerec_obama") == "everyday"
+    assert tool.split_of("ultralytics_bus") == "heldout" and tool.split_of("coffee") == "heldout"
+    assert tool.split_of("astronaut") == "train"
 
 
 def test_scipy_face_file_decodes_to_its_768_by_1024_rgb_photo(load_tool):

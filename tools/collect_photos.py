@@ -433,6 +433,12 @@ def _single_debian_photos(tmp: Path) -> list[Photo]:
     return out
 
 
+def split_of(name: str) -> str:
+    """The folder a photo goes to: "heldout" (validation and test), "everyday" (training photos added
+    for v6, synthesised as sets of their own) or "train"."""
+    return "heldout" if name in HELD_OUT else "everyday" if name in EVERYDAY_ADDED else "train"
+
+
 def held_out_names(which: str) -> list[str]:
     """Sorted names of the "test" photos (CARD_HELD_OUT), the "validation" photos (the rest of
     HELD_OUT) or all "heldout" ones."""
@@ -460,7 +466,7 @@ def main() -> None:
             sources += debian_source(tmp)
         rows = []
         for name, path, licence in sources:
-            split = "heldout" if name in HELD_OUT else "everyday" if name in EVERYDAY_ADDED else "train"
+            split = split_of(name)
             target = args.out / split / f"{name}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             # a phone photo may be stored sideways with an EXIF orientation tag
