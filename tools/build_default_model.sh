@@ -14,27 +14,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COLOUR=desaturate,oversaturate   # colour-only types: a quarter of KADID's distance below pristine
 python tools/collect_photos.py --out datasets/pristine
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_default --max-side 1024 --size 288 --crops 1 --seed 0
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine --max-side 1024 --size 288 --crops 10 \
-  --seed 7 --types white_noise --levels 1
-# the same photos at two more scales (longer side 512, as a phone photo is often scored, and 768),
-# with 4 more pristine crops each; every scale of a photo lands on one side of the split
+# the six sets of one folder of photos: all 32 types on the centre 288 x 288 crop at a longer side
+# of 1024 px, plus 10 more pristine crops; the same at 512 px (as a phone photo is often scored) and
+# 768 px, with 4 more pristine crops each. Every scale of a photo lands on one side of the split
 # (tools/scale_splits.py)
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_s512 --max-side 512 --size 288 --crops 1 --seed 2
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine512 --max-side 512 --size 288 --crops 4 \
-  --seed 8 --types white_noise --levels 1
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_s768 --max-side 768 --size 288 --crops 1 --seed 4
-qfmiqm synth --src datasets/pristine/train --out datasets/synth_pristine768 --max-side 768 --size 288 --crops 4 \
-  --seed 9 --types white_noise --levels 1
-# the 28 everyday photos added for v6 (people, rooms, streets, pets at home: datasets/pristine/everyday), made
-# the same way into sets of their own
-E=datasets/pristine/everyday
-qfmiqm synth --src $E --out datasets/synth_v6b_1024 --max-side 1024 --size 288 --crops 1 --seed 0
-qfmiqm synth --src $E --out datasets/synth_v6b_p1024 --max-side 1024 --size 288 --crops 10 --seed 7 --types white_noise --levels 1
-qfmiqm synth --src $E --out datasets/synth_v6b_512 --max-side 512 --size 288 --crops 1 --seed 2
-qfmiqm synth --src $E --out datasets/synth_v6b_p512 --max-side 512 --size 288 --crops 4 --seed 8 --types white_noise --levels 1
-qfmiqm synth --src $E --out datasets/synth_v6b_768 --max-side 768 --size 288 --crops 1 --seed 4
-qfmiqm synth --src $E --out datasets/synth_v6b_p768 --max-side 768 --size 288 --crops 4 --seed 9 --types white_noise --levels 1
+synth_scales() {  # SRC OUT_1024 OUT_PRISTINE_1024 OUT_512 OUT_PRISTINE_512 OUT_768 OUT_PRISTINE_768
+  qfmiqm synth --src "$1" --out "$2" --max-side 1024 --size 288 --crops 1 --seed 0
+  qfmiqm synth --src "$1" --out "$3" --max-side 1024 --size 288 --crops 10 --seed 7 --types white_noise --levels 1
+  qfmiqm synth --src "$1" --out "$4" --max-side 512 --size 288 --crops 1 --seed 2
+  qfmiqm synth --src "$1" --out "$5" --max-side 512 --size 288 --crops 4 --seed 8 --types white_noise --levels 1
+  qfmiqm synth --src "$1" --out "$6" --max-side 768 --size 288 --crops 1 --seed 4
+  qfmiqm synth --src "$1" --out "$7" --max-side 768 --size 288 --crops 4 --seed 9 --types white_noise --levels 1
+}
+synth_scales datasets/pristine/train datasets/synth_default datasets/synth_pristine datasets/synth_s512 \
+  datasets/synth_pristine512 datasets/synth_s768 datasets/synth_pristine768
+# the 28 everyday photos added for v6 (people, rooms, streets, pets at home), made the same way into
+# sets of their own, so that the sets above stay as they were
+synth_scales datasets/pristine/everyday datasets/synth_v6b_1024 datasets/synth_v6b_p1024 datasets/synth_v6b_512 \
+  datasets/synth_v6b_p512 datasets/synth_v6b_768 datasets/synth_v6b_p768
 python tools/make_default_train.py datasets/synth_default datasets/synth_pristine datasets/default_train_v6b_all.csv \
   datasets/synth_s512 datasets/synth_s768 datasets/synth_v6b_1024 datasets/synth_v6b_512 datasets/synth_v6b_768 \
   --pristine-more datasets/synth_pristine512 datasets/synth_pristine768 datasets/synth_v6b_p1024 datasets/synth_v6b_p512 \

