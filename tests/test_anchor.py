@@ -83,19 +83,23 @@ def test_non_monotone_kadid_types_are_not_anchored_by_level():
 
 # --- relabelling ----------------------------------------------------------------------------
 
-def test_labels_stay_within_the_cell_spread_and_follow_the_proxy():
+@pytest.mark.parametrize("match", A.MATCHES)
+def test_labels_stay_within_the_cell_spread_and_follow_the_proxy(match):
     rows = _fake_rows(refs=12)
-    out = A.anchor_rows(rows, spread=0.5, clip=2.0, level_order=False, colour_weight=1.0)
+    out = A.anchor_rows(rows, spread=0.5, clip=2.0, level_order=False, colour_weight=1.0, match=match)
     cells = A.kadid_cells()
+    monotone = A.monotone_types(cells)
     for name in KADID_TYPES:
         kid = A.kadid_id(name)
-        if kid not in A.monotone_types(cells):
+        if kid not in monotone and not (match == "parameter" and name in A.KADID_AXES):
             continue
         for lv in A.LEVELS:
             sel = [r for r in out if r["type"] == name and int(r["level"]) == lv]
             labels = np.array([r["score"] for r in sel])
             proxies = np.array([r["proxy_score"] for r in sel])
-            cell = cells[(kid, lv)]
+            cell = A.label_cell(name, lv, monotone, cells, match)
+            if match == "index" or name not in A.KADID_AXES:
+                assert cell == cells[(kid, lv)]
             assert np.all(np.abs(labels - cell.mean) <= 2.0 * 0.5 * cell.std + 1e-3)
             assert np.all((labels >= cell.lo - 1e-3) & (labels <= cell.hi + 1e-3))
             assert labels.mean() == pytest.approx(cell.mean, abs=0.5)  # clipping may shift it a little
@@ -131,11 +135,70 @@ def test_colour_types_choose_which_types_the_colour_weight_scales():
     assert any(both[r["path"]] > default[r["path"]] + 5 for r in rows if r["type"] == "oversaturate")
 
 
-def test_spread_zero_gives_the_cell_mean():
-    out = A.anchor_rows(_fake_rows(types=["gaussian_blur", "jpeg", "white_noise"]), spread=0.0)
+@pytest.mark.parametrize("match", A.MATCHES)
+def test_spread_zero_gives_the_cell_mean(match):
+    out = A.anchor_rows(_fake_rows(types=["gaussian_blur", "jpeg", "white_noise"]), spread=0.0, match=match)
+    cells = A.kadid_cells()
     for r in out:
         if r["type"] == "jpeg":
-            assert r["score"] == pytest.approx(A.kadid_cells()[(10, int(r["level"]))].mean, abs=1e-3)
+            lv = int(r["level"])
+            expected = A.matched_cell("jpeg", lv, cells) if match == "parameter" else cells[(10, lv)]
+            assert r["score"] == pytest.approx(expected.mean, abs=1e-3)
+
+
+# --- matching by parameter ------------------------------------------------------------------
+
+def test_matched_cells_sit_on_kadids_parameter_axis():
+    """At a parameter KADID used, KADID's cell; between two, between them; past the strongest,
+    the strongest; milder than KADID's level 1, toward the pristine label; always falling."""
+    cells = A.kadid_cells()
+
+    def at(name: str, lv: int) -> float:
+        return A.matched_cell(name, lv, cells).mean
+
+    # our JPEG quality 43 and lens radii 1 and 2 are KADID's own level-1 (and 2) parameters
+    assert at("jpeg", 1) == pytest.approx(cells[(10, 1)].mean)
+    assert (at("lens_blur", 1), at("lens_blur", 2)) == pytest.approx((cells[(2, 1)].mean, cells[(2, 2)].mean))
+    # sigma 0.7 lies between KADID's 0.5 and 1.0 (its level 1, sigma 0.1, hardly changes an image)
+    assert cells[(1, 3)].mean < at("gaussian_blur", 1) < cells[(1, 2)].mean
+    assert at("gaussian_blur", 5) == pytest.approx(cells[(1, 5)].mean)  # sigma 6 is past KADID's 5
+    # one colour block is half of KADID's two: halfway from pristine to KADID's level 1
+    assert at("color_block", 1) == pytest.approx((A.PRISTINE_LABEL + cells[(23, 1)].mean) / 2)
+    # colour diffusion: our chroma gain (1.125 .. 2.5) is far below KADID's (1 .. 12)
+    assert cells[(4, 2)].mean < at("color_diffusion", 5) < at("color_diffusion", 1) < cells[(4, 1)].mean
+    assert A.matched_cell("mean_shift", 1, cells) is None and A.matched_cell("jpeg", 0, cells) is None
+    for name in A.KADID_AXES:  # falling (KADID's own colour-shift cells 4 and 5 swap by 0.3)
+        means = [at(name, lv) for lv in A.LEVELS]
+        assert all(b <= a + 0.5 for a, b in zip(means, means[1:])), name
+
+
+def test_matching_by_parameter_agrees_with_tid2013_better_than_by_index():
+    """On the types labelled from KADID's cells (all but the two the curve labels), the labels
+    matched by parameter agree with TID2013's cells (held out) at least as well as KADID's own
+    cells do; matched by index they copy KADID's cells."""
+    tid = {k: v for k, v in A.human_means("tid2013").items() if k[0] not in (18, 25)}
+    kadid = A.agreement(A.human_means("kadid10k"), tid)[0]
+    rows = _fake_rows(refs=4)
+    by = {m: A.agreement(A.cell_means(A.anchor_rows(rows, spread=0.0, colour_weight=1.0, match=m)), tid)[0]
+          for m in A.MATCHES}
+    assert by["index"] == pytest.approx(kadid)
+    assert by["parameter"] > kadid
+    with pytest.raises(UsageError, match="match"):
+        A.anchor_rows(rows, match="nearest")
+
+
+def test_index_types_keep_the_level_index_for_the_types_named():
+    rows = _fake_rows(types=["gaussian_blur", "jpeg"], refs=4)
+    cells = A.kadid_cells()
+    out = A.anchor_rows(rows, spread=0.0, index_types=["gaussian_blur"])
+    for r in out:
+        if r["type"] == "pristine":
+            continue
+        lv = int(r["level"])
+        expected = cells[(1, lv)] if r["type"] == "gaussian_blur" else A.matched_cell("jpeg", lv, cells)
+        assert r["score"] == pytest.approx(expected.mean, abs=1e-3)
+    with pytest.raises(UsageError, match="mean_shift"):
+        A.anchor_rows(rows, index_types=["mean_shift"])
 
 
 def test_unknown_types_get_the_monotone_curve():
@@ -222,6 +285,6 @@ def test_tool_on_a_real_synth_set(tmp_path, samples):
     assert [float(r["proxy_score"]) for r in after] == [float(r["score"]) for r in before]
     desat = [float(r["score"]) for r in after if r["type"] == "desaturate" and r["level"] == "1"]
     # KADID rates it severe; the default colour weight keeps it in the upper band
-    kadid = A.kadid_cells()[(7, 1)].mean
+    kadid = A.matched_cell("desaturate", 1, A.kadid_cells()).mean
     assert np.mean(desat) == pytest.approx(100 - A.DEFAULT_COLOUR_WEIGHT * (100 - kadid), abs=0.5)
     assert anchor_labels.main([str(tmp_path / "missing.csv"), str(out)]) == 2

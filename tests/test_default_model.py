@@ -138,3 +138,8 @@ def test_the_recipe_rebuilds_the_shipped_model_from_the_same_list_and_term_setti
     assert (int(args["mildest"]), float(args["gap"]), float(args["lam"]), float(args["temperature"])) == \
         (fit["mildest"], fit["gap"], fit["lam"], fit["temperature"])
     assert args["pairs-from"] == fit["pairs_from"]
+    # the shipped labels took KADID's cells by level index; the tool's default matches by parameter
+    script = (root / "tools" / "build_default_model.sh").read_text()
+    anchors = [line for line in script.replace("\\\n", " ").splitlines() if "tools/anchor_labels.py" in line]
+    assert len(anchors) == 2 and all("--match $MATCH" in line for line in anchors)
+    assert "\nMATCH=index\n" in script

@@ -1,6 +1,6 @@
 """Re-label a ``qfmiqm synth`` labels.csv with human-anchored scores (docs/labels.md):
 
-    python tools/anchor_labels.py IN.csv OUT.csv [--spread 0.5] [--clip 2] [--report]
+    python tools/anchor_labels.py IN.csv OUT.csv [--spread 0.5] [--clip 2] [--match parameter] [--report]
 
 OUT has the same columns with ``score`` replaced by the anchored label and the proxy score
 kept in ``proxy_score``. Put OUT beside IN so its relative image paths still resolve. From
@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from qfmiqm.data.anchor import (COLOUR_ONLY, DEFAULT_CLIP, DEFAULT_COLOUR_WEIGHT, DEFAULT_SPREAD, anchor_file, cell_means, human_means,
+from qfmiqm.data.anchor import (COLOUR_ONLY, DEFAULT_CLIP, DEFAULT_COLOUR_WEIGHT, DEFAULT_MATCH, DEFAULT_SPREAD, MATCHES,
+                                anchor_file, cell_means, human_means,
                                 proxy_of, read_rows, report, type_bootstrap)
 from qfmiqm.errors import UsageError
 
@@ -50,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--colour-types", default=",".join(sorted(COLOUR_ONLY)),
                     help="comma-separated types whose distance below pristine --colour-weight scales "
                          f"(default {','.join(sorted(COLOUR_ONLY))})")
+    ap.add_argument("--match", choices=MATCHES, default=DEFAULT_MATCH,
+                    help="label the types whose parameter KADID-10k shares from KADID's cells at our parameter "
+                         f"('parameter') or at the same level index ('index', the default model's labels) (default {DEFAULT_MATCH})")
+    ap.add_argument("--index-types", default="",
+                    help="comma-separated types matched by level index even with --match parameter "
+                         "(the default model's recipe: gaussian_blur; docs/labels.md)")
     ap.add_argument("--report", action="store_true", help="print the agreement with the human sets")
     args = ap.parse_args(argv)
     try:
@@ -57,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = anchor_file(args.src, args.dst, spread=args.spread, clip=args.clip,
                           calibration=args.calibration, level_order=not args.no_level_order,
                           colour_weight=args.colour_weight,
-                          colour_types=[t for t in args.colour_types.split(",") if t])
+                          colour_types=[t for t in args.colour_types.split(",") if t], match=args.match,
+                          index_types=[t for t in args.index_types.split(",") if t])
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

