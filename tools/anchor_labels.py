@@ -21,10 +21,10 @@ from qfmiqm.data.anchor import (COLOUR_ONLY, DEFAULT_CLIP, DEFAULT_COLOUR_WEIGHT
 from qfmiqm.errors import UsageError
 
 
-def print_report(rows: Sequence[dict], anchored: Sequence[dict]) -> None:
+def print_report(rows: Sequence[dict], anchored: Sequence[dict], match: str = DEFAULT_MATCH) -> None:
     """The agreement table, then type-bootstrap intervals of anchored vs the other labels on TID2013."""
     print(f"{'labels':24s} {'human set':10s} {'SRCC':>6s} {'cells':>5s}")
-    for labels, human, rho, n in report(rows, anchored):
+    for labels, human, rho, n in report(rows, anchored, match=match):
         print(f"{labels:24s} {human:10s} {rho:6.3f} {n:5d}")
     tid = human_means("tid2013")
     new = cell_means(anchored)
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{len(out)} rows -> {args.dst}")
     if args.report:
-        print_report(rows, out)
+        print_report(rows, out, args.match)
     return 0
 
 

@@ -557,7 +557,7 @@ def human_means(dataset: str) -> dict[Key, float]:
     return {k: c.mean for k, c in human_cells(dataset).items()}
 
 
-def held_out_curve_means(rows: Sequence[Mapping[str, object]]) -> dict[Key, float]:
+def held_out_curve_means(rows: Sequence[Mapping[str, object]], match: str = DEFAULT_MATCH) -> dict[Key, float]:
     """Cell means the fallback curve gives each anchored KADID type when that type is left out
     of the fit (leave one type out): how well the curve labels a type it has not seen."""
     cells = kadid_cells()
@@ -566,18 +566,19 @@ def held_out_curve_means(rows: Sequence[Mapping[str, object]]) -> dict[Key, floa
     for kid in sorted(monotone_types(cells)):
         own = {k: v for k, v in proxy.items() if k[0] == kid}
         if own:
-            curve = fit_curve(curve_points(rows, cells, exclude=[kid]))
+            curve = fit_curve(curve_points(rows, cells, exclude=[kid], match=match))
             out.update({k: float(curve(np.array([v]))[0]) for k, v in own.items()})
     return out
 
 
 def report(rows: Sequence[Mapping[str, object]], anchored: Sequence[Mapping[str, object]],
-           others: Sequence[str] = ("tid2013", "csiq")) -> list[tuple[str, str, float, int]]:
+           others: Sequence[str] = ("tid2013", "csiq"),
+           match: str = DEFAULT_MATCH) -> list[tuple[str, str, float, int]]:
     """Agreement table: (labels, human set, SRCC of cell means, cells) for the proxy labels,
     the anchored labels, the held-out fallback curve and KADID itself against each human set."""
     proxy = cell_means([{**r, "p": proxy_of(r)} for r in rows], column="p")
     tables = {"proxy (old)": proxy, "anchored": cell_means(anchored),
-              "curve, type held out": held_out_curve_means(rows)}
+              "curve, type held out": held_out_curve_means(rows, match)}
     kadid = human_means("kadid10k")
     out = [(name, "kadid10k", *agreement(t, kadid)) for name, t in tables.items()]
     for other in others:
