@@ -1,11 +1,11 @@
 """Make "camera pristine" crops: pristine crops with the faint sensor grain and high-quality JPEG a
-good camera photo carries, labelled 100 like every pristine image (docs/default-model.md, "v7").
+good camera photo carries, labelled 100 like every pristine image (docs/default-model.md, "Tried
+after v6": run ms7g; not in the default model's recipe).
 
-Why: the photos people score are rarely noise-free. On held-out photos whose own capture left
-a little grain or JPEG texture (a phone's street scene, a compressed JPEG original), the head read
-that texture as a defect and scored a 0.7 px blur or a quality-50 JPEG of the photo *above* the
-photo itself (the blur or compression wipes the texture away). These crops teach that such texture
-is part of a good photo: Poisson-Gaussian sensor noise in linear light (``photons`` photo-electrons
+Why it was tried: on some held-out photos the head scores a 0.7 px blur or a quality-50 JPEG of the
+photo *above* the photo itself. The guess was that it reads the photo's own grain or JPEG texture
+as a defect, which the blur or compression wipes away (the run did not bear it out). These crops
+teach that such texture is part of a good photo: Poisson-Gaussian sensor noise in linear light (``photons`` photo-electrons
 at full scale, 1,000-8,000: about 1-4 grey levels of noise at mid-grey, below the mildest synth
 noise level of about 5), then, for half of them, baseline JPEG at quality 85-95.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qfmiqm.data.anchor import PRISTINE_LABEL, PRISTINE_TYPE
 from qfmiqm.data.distortions import jpeg, sensor_grain
 from qfmiqm.files import write_text_atomic
 
@@ -35,16 +36,18 @@ PHOTONS = (1000.0, 8000.0)
 QUALITY = (85, 95)
 JPEG_SHARE = 0.5
 CROP = re.compile(r"^(?P<photo>.+)_c(?P<n>\d+)$")
+#: the crops of the n-th --from are numbered from STRIDE * n, so K may be at most STRIDE
+STRIDE = 10
 
 
-def add_grain(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, int]:
-    """uint8 RGB -> (uint8 RGB with camera grain, photons used, JPEG quality or 0)."""
+def add_grain(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 RGB -> uint8 RGB with camera grain (and, for half, JPEG)."""
     photons = float(np.exp(rng.uniform(*np.log(PHOTONS))))
     img = sensor_grain(x.astype(np.float32) / 255.0, photons, rng)
     quality = int(rng.integers(QUALITY[0], QUALITY[1] + 1)) if rng.random() < JPEG_SHARE else 0
     if quality:
         img = jpeg(np.clip(img, 0.0, 1.0), quality, rng)
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), photons, quality
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def chosen_crops(folder: Path, k: int) -> list[tuple[str, int, Path]]:
@@ -71,13 +74,13 @@ def main() -> None:
     rows = []
     for n, source in enumerate(args.sources):
         folder, _, k = source.rpartition(":")
-        if not folder or not k.isdigit():
-            ap.error(f"--from {source}: expected FOLDER:K")
+        if not folder or not k.isdigit() or not 1 <= int(k) <= STRIDE:
+            ap.error(f"--from {source}: expected FOLDER:K with K from 1 to {STRIDE}")
         for photo, crop, path in chosen_crops(Path(folder), int(k)):
-            grainy, _, _ = add_grain(np.asarray(Image.open(path).convert("RGB")), rng)
-            name = f"reference/{photo}_c{10 * n + crop:02d}.png"
+            grainy = add_grain(np.asarray(Image.open(path).convert("RGB")), rng)
+            name = f"reference/{photo}_c{STRIDE * n + crop:02d}.png"
             Image.fromarray(grainy).save(args.out / name)
-            rows.append((name, name, "pristine", 0, 100.0))
+            rows.append((name, name, PRISTINE_TYPE, 0, PRISTINE_LABEL))
     lines = ["path,reference,type,level,score"] + [",".join(map(str, r)) for r in rows]
     write_text_atomic(args.out / "labels.csv", "\n".join(lines) + "\n")
     print(f"wrote {len(rows)} camera-pristine crops to {args.out}")

@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from qfmiqm.data.distortions import color_diffusion_gain
 from qfmiqm.errors import UsageError
 
 #: Default fraction of the human cell spread the proxy may use (docs/labels.md: why 0.5).
@@ -87,14 +88,14 @@ class KadidAxis:
     its distortion code sets, as public ports of it read them). ``identity``: the parameter that
     leaves the image as it is, labelled ``PRISTINE_LABEL``, for types whose KADID level 1 is
     already a visible change and ours can be milder. ``log``: interpolate in the logarithm (a
-    compression ratio). ``gain``: our parameter is not KADID's; the axis is the chroma gain of
-    ``qfmiqm.data.distortions.color_diffusion_gain`` (docs/labels.md says why).
+    compression ratio). ``to_axis``: maps our parameter onto KADID's axis where the two differ
+    (colour diffusion: our blur sigma -> its chroma gain; docs/labels.md says why).
     """
 
     kadid: tuple[float, ...]
     identity: Optional[float] = None
     log: bool = False
-    gain: bool = False
+    to_axis: Optional[Callable[[float], float]] = None
 
 
 def _sd(*variances: float) -> tuple[float, ...]:
@@ -107,7 +108,7 @@ def _sd(*variances: float) -> tuple[float, ...]:
 KADID_AXES: dict[str, KadidAxis] = {
     "gaussian_blur": KadidAxis((0.1, 0.5, 1.0, 2.0, 5.0)),                  # sigma px
     "lens_blur": KadidAxis((1.0, 2.0, 4.0, 6.0, 8.0), identity=0.0),        # disc radius px
-    "color_diffusion": KadidAxis((1.0, 3.0, 6.0, 8.0, 12.0), gain=True),    # a*b* gain (KADID: blur 1.5 g + 2)
+    "color_diffusion": KadidAxis((1.0, 3.0, 6.0, 8.0, 12.0), to_axis=color_diffusion_gain),  # a*b* gain
     "color_shift": KadidAxis((1.0, 3.0, 6.0, 8.0, 12.0), identity=0.0),     # green shift px
     "desaturate": KadidAxis((0.4, 0.2, 0.1, 0.0, -0.4), identity=1.0),      # HSV saturation factor
     "oversaturate": KadidAxis((1.0, 2.0, 3.0, 6.0, 9.0)),                   # Lab chroma factor
@@ -336,13 +337,13 @@ def _anchor_key(dtype: str, level: int, anchored: frozenset[int],
 def matched_cell(dtype: str, level: int, cells: Mapping[Key, Cell]) -> Optional[Cell]:
     """KADID's human cell interpolated at our parameter of (type, level) along the type's
     :data:`KADID_AXES` axis (flat beyond KADID's strongest level), or None for other types."""
-    from qfmiqm.data.distortions import DISTORTIONS, color_diffusion_gain
+    from qfmiqm.data.distortions import DISTORTIONS
 
     axis, kid = KADID_AXES.get(dtype), kadid_id(dtype)
     if axis is None or kid is None or level not in LEVELS or any((kid, lv) not in cells for lv in LEVELS):
         return None
     ours = DISTORTIONS[dtype].params[level - 1]
-    x = color_diffusion_gain(ours) if axis.gain else ours
+    x = axis.to_axis(ours) if axis.to_axis is not None else ours
     points = [(p, cells[(kid, lv)]) for lv, p in zip(LEVELS, axis.kadid)]
     if axis.identity is not None:
         points.append((axis.identity, Cell(PRISTINE_LABEL, 0.0, PRISTINE_LABEL, PRISTINE_LABEL, 0)))
